@@ -1,0 +1,374 @@
+"""One client connection and the server connection it is paired with (1:1).
+
+The session is the client leg's asyncio protocol. It reads the startup packets
+(SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), opens the server leg,
+and from then on relays bytes both ways untouched. It watches the stream only
+through two `MessageScanner`s and a `QueryCycle`, which tell it where message
+boundaries are and whether a query is in flight: enough to cancel a query whose
+client vanished, to refuse garbage with a proper ErrorResponse, and to shut down
+without cutting a running statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from enum import Enum, auto
+from typing import TYPE_CHECKING
+
+from . import upstream
+from .wire import messages as m
+from .wire.cycle import QueryCycle
+from .wire.errors import ProtocolViolation
+from .wire.framing import MessageScanner
+from .wire.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    read_startup_packet,
+)
+
+if TYPE_CHECKING:
+    from .server import ProxyServer
+
+log = logging.getLogger(__name__)
+
+_TERMINATE = m.TERMINATE[0]
+_BACKEND_KEY_DATA = m.BACKEND_KEY_DATA[0]
+_ERROR_RESPONSE = m.ERROR_RESPONSE[0]
+_READY_FOR_QUERY = m.READY_FOR_QUERY[0]
+
+
+class State(Enum):
+    STARTUP = auto()  # reading untyped startup packets
+    TLS_HANDSHAKE = auto()  # answered 'S', upgrading the client leg
+    CONNECTING = auto()  # got the StartupMessage, opening the server leg
+    RELAY = auto()  # authentication and queries: bytes flow both ways
+    CLOSED = auto()
+
+
+class Session(asyncio.Protocol):
+    """The client leg of one proxied connection, and the relay between the two legs."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.state = State.STARTUP
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.peer = "?"
+        self.startup: StartupMessage | None = None
+        self.cancel_key: tuple[int, bytes] | None = None
+        self.cycle = QueryCycle()
+        self.client_scanner = MessageScanner(note=QueryCycle.FRONTEND_NOTE, frontend=True)
+        self.server_scanner = MessageScanner(note=b"", keep=QueryCycle.BACKEND_KEEP + b"KE")
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()  # client bytes read before the relay starts
+        self._tls = False
+        self._authenticated = False
+        self._server_sent_fatal = False
+        self._client_terminated = False
+        self._close_when_idle = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.admitted = False  # counted against max_clients
+
+    # --- client leg: asyncio callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = transport  # type: ignore[assignment]
+        self.client.set_write_buffer_limits(high=self.settings.buffer_size)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.server.session_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.RELAY:
+            self._relay_client_data(data)
+        elif self.state is State.STARTUP:
+            self._buffer += data
+            self._read_startup_packets()
+        elif self.state is not State.CLOSED:
+            # CONNECTING / TLS_HANDSHAKE: reading is paused, but a chunk can race the pause.
+            self._buffer += data
+            if len(self._buffer) > m.MAX_STARTUP_PACKET_LENGTH:
+                self._fail(ProtocolViolation("too much data before the server connection was ready"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is State.CLOSED:
+            return
+        if exc is not None:
+            log.debug("client %s: connection lost: %s", self.peer, exc)
+        self._client_gone()
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the server answers: stop reading the server.
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.state is State.RELAY:
+            self.upstream.resume_reading()
+
+    # --- server leg: called by upstream.ServerConnection -------------------------------
+
+    def server_data(self, data: bytes) -> None:
+        try:
+            events = self.server_scanner.feed(data)
+        except ProtocolViolation as exc:
+            log.error("client %s: server sent an invalid message: %s", self.peer, exc)
+            self._close(client_error=None)
+            return
+        if events:
+            self._server_events(events)
+        if self.client is not None and self.state is not State.CLOSED:
+            self.client.write(data)
+            if self._close_when_idle and self.cycle.idle:
+                self._close_for_shutdown()
+
+    def server_lost(self, exc: Exception | None) -> None:
+        if self.state is State.CLOSED:
+            return
+        if not self._client_terminated and not self._server_sent_fatal:
+            log.warning("client %s: server closed the connection unexpectedly", self.peer)
+            self._close(
+                client_error=m.error_response(
+                    "FATAL",
+                    "08006",
+                    "server closed the connection unexpectedly",
+                    detail="The PostgreSQL server behind pg-model-proxy went away; "
+                    "the proxy accepts new connections as soon as it is back.",
+                )
+            )
+        else:
+            self._close(client_error=None)
+
+    def server_paused(self) -> None:
+        if self.client is not None:
+            self.client.pause_reading()
+
+    def server_resumed(self) -> None:
+        if self.client is not None and self.state is State.RELAY:
+            self.client.resume_reading()
+
+    # --- the relay ---------------------------------------------------------------------
+
+    def _relay_client_data(self, data: bytes) -> None:
+        try:
+            events = self.client_scanner.feed(data)
+        except ProtocolViolation as exc:
+            prefix = self.client_scanner.valid_prefix
+            if prefix and self.upstream is not None:
+                self.upstream.write(data[:prefix])
+            self._fail(exc)
+            return
+        if events:
+            for type_code, _ in events:
+                self.cycle.client_message(type_code)
+                if type_code == _TERMINATE:
+                    self._client_terminated = True
+        assert self.upstream is not None
+        self.upstream.write(data)
+
+    def _server_events(self, events: list[tuple[int, bytes | None]]) -> None:
+        for type_code, body in events:
+            if type_code == _READY_FOR_QUERY:
+                if self._authenticated:
+                    self.cycle.server_message(type_code, body)
+                else:
+                    self._authenticated = True
+                    if body:
+                        self.cycle.status = body[:1]
+                    log.debug("client %s: ready (user %s)", self.peer, self._who())
+            elif type_code == _BACKEND_KEY_DATA and body is not None and len(body) >= 8:
+                (pid,) = struct.unpack_from("!I", body)
+                self.cancel_key = (pid, bytes(body[4:]))
+                self.server.register_cancel_key(self)
+            elif type_code == _ERROR_RESPONSE:
+                if body is not None:
+                    severity = m.parse_error_fields(body).get("V", "")
+                    if severity in ("FATAL", "PANIC"):
+                        self._server_sent_fatal = True
+            else:
+                self.cycle.server_message(type_code, body)
+
+    # --- startup -----------------------------------------------------------------------
+
+    def _read_startup_packets(self) -> None:
+        while self.state is State.STARTUP:
+            try:
+                packet, used = read_startup_packet(self._buffer)
+            except ProtocolViolation as exc:
+                self._fail(exc)
+                return
+            if packet is None:
+                return
+            del self._buffer[:used]
+            if isinstance(packet, SSLRequest | GSSENCRequest):
+                if self._buffer:
+                    # Bytes after the request would be read as if encrypted (CVE-2021-23214).
+                    self._fail(ProtocolViolation("received unencrypted data after SSL request"))
+                    return
+                self._answer_encryption_request(packet)
+            elif isinstance(packet, CancelRequest):
+                self.server.spawn(self._forward_cancel(packet))
+                self._close(client_error=None)
+            else:
+                self._start(packet)
+
+    def _answer_encryption_request(self, packet: SSLRequest | GSSENCRequest) -> None:
+        assert self.client is not None
+        tls = self.server.client_tls
+        if isinstance(packet, SSLRequest) and tls is not None and not self._tls:
+            self.state = State.TLS_HANDSHAKE
+            self.client.pause_reading()
+            self.client.write(b"S")
+            self._spawn(self._upgrade_client_to_tls())
+        else:
+            self.client.write(b"N")
+
+    async def _upgrade_client_to_tls(self) -> None:
+        assert self.client is not None and self.server.client_tls is not None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                new = await loop.start_tls(self.client, self, self.server.client_tls, server_side=True)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            log.info("client %s: TLS handshake failed: %s", self.peer, exc)
+            self._close(client_error=None)
+            return
+        if new is None or self.state is State.CLOSED:
+            self._close(client_error=None)
+            return
+        self.client = new
+        self._tls = True
+        self.state = State.STARTUP
+        if self._buffer:
+            self._read_startup_packets()
+
+    def _start(self, startup: StartupMessage) -> None:
+        self.startup = startup
+        if not self.server.admit(self):
+            self._close(
+                client_error=m.error_response("FATAL", "53300", "sorry, too many clients already")
+            )
+            return
+        self.state = State.CONNECTING
+        assert self.client is not None
+        self.client.pause_reading()
+        self._spawn(self._connect_upstream(startup))
+
+    async def _connect_upstream(self, startup: StartupMessage) -> None:
+        target = self.server.upstream
+        try:
+            transport, proto = await upstream.connect(
+                target, self.server.upstream_tls, timeout=self.settings.connect_timeout
+            )
+        except upstream.UpstreamError as exc:
+            log.warning("client %s: %s", self.peer, exc)
+            self._close(
+                client_error=m.error_response(
+                    "FATAL", "08001", "pg-model-proxy could not connect to the server", detail=str(exc)
+                )
+            )
+            return
+        if self.state is State.CLOSED:  # the client left while we were connecting
+            transport.close()
+            return
+        self.upstream = transport
+        self.upstream.set_write_buffer_limits(high=self.settings.buffer_size)
+        self.state = State.RELAY
+        proto.attach(self)
+        transport.write(startup.raw)
+        log.debug("client %s: connected to server for user %s", self.peer, self._who())
+        if self._buffer:
+            early, self._buffer = bytes(self._buffer), bytearray()
+            self._relay_client_data(early)
+        if self.client is not None and self.state is State.RELAY:
+            self.client.resume_reading()
+
+    async def _forward_cancel(self, request: CancelRequest) -> None:
+        # The server's own key is passed to clients unchanged, so the request is
+        # forwarded as is; the server checks it (this also works across replicas).
+        target = self.server.sessions_by_key.get((request.process_id, request.secret_key))
+        if target is not None:
+            log.info("cancel request for client %s", target.peer)
+        await self.server.forward_cancel(request.raw)
+
+    # --- endings -----------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Close as soon as no statement is running (the proxy is shutting down)."""
+        if self.state is not State.RELAY or self.cycle.idle:
+            self._close_for_shutdown()
+        else:
+            self._close_when_idle = True
+
+    def _close_for_shutdown(self) -> None:
+        self._close(
+            client_error=m.error_response(
+                "FATAL", "57P01", "terminating connection due to administrator command",
+                detail="pg-model-proxy is shutting down.",
+            )
+        )
+
+    def abort_for_shutdown(self) -> None:
+        """Shutdown deadline passed: cancel what is running and close."""
+        if self.state is State.CLOSED:
+            return
+        if not self.cycle.idle:
+            self._spawn_cancel()
+        self._close(
+            client_error=m.error_response(
+                "FATAL", "57P01", "terminating connection due to administrator command",
+                detail="pg-model-proxy shut down before the statement finished; it was cancelled.",
+            )
+        )
+
+    def _fail(self, exc: ProtocolViolation) -> None:
+        log.info("client %s: protocol violation: %s", self.peer, exc)
+        if self.state is State.RELAY and not self.cycle.idle:
+            self._spawn_cancel()
+        self._close(client_error=m.error_response("FATAL", exc.sqlstate, str(exc)))
+
+    def _client_gone(self) -> None:
+        if self.state is State.RELAY and not self.cycle.idle and not self._client_terminated:
+            log.info("client %s disconnected mid-statement; cancelling it on the server", self.peer)
+            self._spawn_cancel()
+        self._close(client_error=None)
+
+    def _spawn_cancel(self) -> None:
+        if self.cancel_key is not None:
+            pid, key = self.cancel_key
+            self.server.spawn(self.server.forward_cancel(m.cancel_request(pid, key)))
+
+    def _close(self, *, client_error: bytes | None) -> None:
+        """Close both legs. The client gets `client_error` if the stream is at a boundary."""
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        if self.client is not None and not self.client.is_closing():
+            if client_error is not None and self.server_scanner.at_boundary:
+                self.client.write(client_error)
+            self.client.close()
+        if self.upstream is not None and not self.upstream.is_closing():
+            if self.client_scanner.at_boundary and not self._client_terminated:
+                self.upstream.write(m.terminate())
+            self.upstream.resume_reading()
+            self.upstream.close()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.server.session_closed(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _who(self) -> str:
+        s = self.startup
+        return f"{s.user}@{s.database}" if s else "?"

@@ -1,0 +1,7 @@
+"""Errors raised by the sans-IO protocol layer."""
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the wire protocol; the connection cannot continue (SQLSTATE 08P01)."""
+
+    sqlstate = "08P01"
