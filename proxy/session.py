@@ -70,7 +70,10 @@ class Session(asyncio.Protocol):
         self._authenticated = False
         self._server_sent_fatal = False
         self._client_terminated = False
-        self._close_when_idle = False
+        # Set when the session must end once the server has answered what it was sent:
+        # the error the client then gets, and whether every Sync must be answered too.
+        self._deferred_error: bytes | None = None
+        self._deferred_until_idle = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.admitted = False  # counted against max_clients
 
@@ -124,8 +127,8 @@ class Session(asyncio.Protocol):
             self._server_events(events)
         if self.client is not None and self.state is not State.CLOSED:
             self.client.write(data)
-            if self._close_when_idle and self.cycle.idle:
-                self._close_for_shutdown()
+            if self._deferred_error is not None and self._deferred_done():
+                self._close(client_error=self._deferred_error)
 
     def server_lost(self, exc: Exception | None) -> None:
         if self.state is State.CLOSED:
@@ -159,17 +162,21 @@ class Session(asyncio.Protocol):
             events = self.client_scanner.feed(data)
         except ProtocolViolation as exc:
             prefix = self.client_scanner.valid_prefix
+            self._client_events(exc.events)
             if prefix and self.upstream is not None:
                 self.upstream.write(data[:prefix])
             self._fail(exc)
             return
         if events:
-            for type_code, _ in events:
-                self.cycle.client_message(type_code)
-                if type_code == _TERMINATE:
-                    self._client_terminated = True
+            self._client_events(events)
         assert self.upstream is not None
         self.upstream.write(data)
+
+    def _client_events(self, events: list[tuple[int, bytes | None]]) -> None:
+        for type_code, _ in events:
+            self.cycle.client_message(type_code)
+            if type_code == _TERMINATE:
+                self._client_terminated = True
 
     def _server_events(self, events: list[tuple[int, bytes | None]]) -> None:
         for type_code, body in events:
@@ -300,18 +307,28 @@ class Session(asyncio.Protocol):
 
     def begin_shutdown(self) -> None:
         """Close as soon as no statement is running (the proxy is shutting down)."""
-        if self.state is not State.RELAY or self.cycle.idle:
-            self._close_for_shutdown()
-        else:
-            self._close_when_idle = True
-
-    def _close_for_shutdown(self) -> None:
-        self._close(
-            client_error=m.error_response(
+        self._close_when_answered(
+            m.error_response(
                 "FATAL", "57P01", "terminating connection due to administrator command",
                 detail="pg-model-proxy is shutting down.",
-            )
+            ),
+            until_idle=True,
         )
+
+    def _close_when_answered(self, error: bytes, *, until_idle: bool) -> None:
+        """Stop reading the client; close with `error` once the server has answered.
+
+        until_idle: wait for the client's open extended-protocol batch too (shutdown);
+        otherwise only for the ReadyForQuery messages already owed (protocol violation).
+        """
+        self._deferred_error, self._deferred_until_idle = error, until_idle
+        if self.client is not None and self.state is State.RELAY:
+            self.client.pause_reading()
+        if self.state is not State.RELAY or self._deferred_done():
+            self._close(client_error=error)
+
+    def _deferred_done(self) -> bool:
+        return self.cycle.idle if self._deferred_until_idle else self.cycle.pending == 0
 
     def abort_for_shutdown(self) -> None:
         """Shutdown deadline passed: cancel what is running and close."""
@@ -327,10 +344,11 @@ class Session(asyncio.Protocol):
         )
 
     def _fail(self, exc: ProtocolViolation) -> None:
+        """Like PostgreSQL: answer the valid messages before the violation, then FATAL."""
         log.info("client %s: protocol violation: %s", self.peer, exc)
-        if self.state is State.RELAY and not self.cycle.idle:
-            self._spawn_cancel()
-        self._close(client_error=m.error_response("FATAL", exc.sqlstate, str(exc)))
+        self._close_when_answered(
+            m.error_response("FATAL", exc.sqlstate, str(exc)), until_idle=False
+        )
 
     def _client_gone(self) -> None:
         if self.state is State.RELAY and not self.cycle.idle and not self._client_terminated:

@@ -71,7 +71,8 @@ class MessageScanner:
         """Consume one chunk; return events for noted and kept types, in stream order.
 
         Raises ProtocolViolation (frontend only) at the first invalid header; the
-        bytes before it are valid and `valid_prefix` tells how many there were.
+        bytes before it are valid: `valid_prefix` tells how many there were, and the
+        exception's `events` holds their events.
         """
         events = _NO_EVENTS
         pos = 0
@@ -98,38 +99,42 @@ class MessageScanner:
         note = self._note
         keep = self._keep
         frontend = self._frontend
-        while pos + 5 <= n:
-            type_code = data[pos]
-            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
-            if frontend:
-                self._check_frontend(type_code, length, max(pos + shift, 0))
-            elif length < 4:
-                raise ProtocolViolation(f"invalid message length {length} from server")
-            end = pos + 1 + length
-            self.messages += 1
-            if type_code in note:
-                if events is _NO_EVENTS:
-                    events = []
-                events.append((type_code, None))
-            elif type_code in keep:
-                if length - 4 > self._keep_limit:
-                    if frontend:
-                        self.valid_prefix = max(pos + shift, 0)
-                        raise ProtocolViolation(
-                            f"message {chr(type_code)!r} of {length} bytes exceeds the proxy's limit"
-                        )
-                    # From the server: report it, but do not hold the body.
+        try:
+            while pos + 5 <= n:
+                type_code = data[pos]
+                length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+                if frontend:
+                    self._check_frontend(type_code, length, max(pos + shift, 0))
+                elif length < 4:
+                    raise ProtocolViolation(f"invalid message length {length} from server")
+                end = pos + 1 + length
+                self.messages += 1
+                if type_code in note:
                     if events is _NO_EVENTS:
                         events = []
                     events.append((type_code, None))
-                elif end <= n:
-                    if events is _NO_EVENTS:
-                        events = []
-                    events.append((type_code, data[pos + 5 : end]))
-                else:
-                    self._body = bytearray(data[pos + 5 :])
-                    self._body_type = type_code
-            pos = end
+                elif type_code in keep:
+                    if length - 4 > self._keep_limit:
+                        if frontend:
+                            self.valid_prefix = max(pos + shift, 0)
+                            raise ProtocolViolation(
+                                f"message {chr(type_code)!r} of {length} bytes exceeds the proxy's limit"
+                            )
+                        # From the server: report it, but do not hold the body.
+                        if events is _NO_EVENTS:
+                            events = []
+                        events.append((type_code, None))
+                    elif end <= n:
+                        if events is _NO_EVENTS:
+                            events = []
+                        events.append((type_code, data[pos + 5 : end]))
+                    else:
+                        self._body = bytearray(data[pos + 5 :])
+                        self._body_type = type_code
+                pos = end
+        except ProtocolViolation as exc:
+            exc.events = events  # what came before the bad header still happened
+            raise
         if pos > n:
             self._remaining = pos - n
         elif pos < n:

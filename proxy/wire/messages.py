@@ -105,7 +105,7 @@ def ssl_request() -> bytes:
 
 def cancel_request(process_id: int, secret_key: bytes) -> bytes:
     """A CancelRequest; secret_key is 4 bytes in protocol 3.0, up to 256 in 3.2."""
-    return struct.pack("!III", 12 + len(secret_key) - 4, CANCEL_REQUEST_CODE, process_id) + secret_key
+    return struct.pack("!III", 12 + len(secret_key), CANCEL_REQUEST_CODE, process_id) + secret_key
 
 
 def parse_error_fields(body: bytes) -> dict[str, str]:
