@@ -78,8 +78,11 @@ class EmbeddedPostgres:
             log.info("embedded PostgreSQL already running in %s; reusing it", self.data_dir)
         else:
             self._pg_ctl_start()
-        if fresh:
-            self.psql("CREATE EXTENSION IF NOT EXISTS vector")
+        if fresh:  # pgvector ships with the wheel's server; other builds may lack it
+            self.psql(
+                "DO $$ BEGIN IF EXISTS (SELECT FROM pg_available_extensions WHERE name = 'vector')"
+                " THEN CREATE EXTENSION IF NOT EXISTS vector; END IF; END $$"
+            )
         log.info("embedded PostgreSQL %s ready in %s", self.version(), self.data_dir)
         return self.upstream()
 
