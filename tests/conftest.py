@@ -54,8 +54,25 @@ def _start_database(root: Path) -> Database:
     return Database("127.0.0.1", server.port, server)
 
 
+def _docker_database() -> Iterator[Database]:
+    """PostgreSQL in a container via testcontainers (PGMP_TEST_SERVER=docker; needs an engine)."""
+    from testcontainers.postgres import PostgresContainer
+
+    with PostgresContainer("pgvector/pgvector:pg17", password="postgres") as container:
+        yield Database(
+            container.get_container_host_ip(),
+            int(container.get_exposed_port(5432)),
+            None,
+            password="postgres",
+        )
+
+
 @pytest.fixture(scope="session")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """TEST_DATABASE_URL if set; a testcontainers server if PGMP_TEST_SERVER=docker; else embedded."""
+    if os.environ.get("PGMP_TEST_SERVER") == "docker" and not os.environ.get("TEST_DATABASE_URL"):
+        yield from _docker_database()
+        return
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         parts = urlsplit(url)
@@ -85,7 +102,7 @@ def fresh_database(tmp_path: Path) -> Iterator[Database]:
 @pytest.fixture(scope="session")
 def proxy(database: Database) -> Iterator[ProxyProcess]:
     """The proxy in front of the session's database (plain TCP to clients)."""
-    p = ProxyProcess(["--upstream", database.upstream]).start()
+    p = ProxyProcess(["--upstream", database.upstream], superuser_password=database.password).start()
     yield p
     p.stop()
 

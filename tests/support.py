@@ -106,6 +106,7 @@ class ProxyProcess:
     env: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 0
+    superuser_password: str = ""
     logs: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -132,7 +133,9 @@ class ProxyProcess:
                 self._ready.set()
         self._ready.set()
 
-    def dsn(self, user: str = "postgres", database: str = "postgres", password: str = "", **params: str) -> str:
+    def dsn(self, user: str = "postgres", database: str = "postgres", password: str | None = None, **params: str) -> str:
+        if password is None:  # the superuser's, for servers that want one (TEST_DATABASE_URL)
+            password = self.superuser_password if user == "postgres" else ""
         auth = quote(user) + (":" + quote(password) if password else "")
         query = "&".join(f"{k}={v}" for k, v in {"sslmode": "disable", **params}.items())
         return f"postgresql://{auth}@{self.host}:{self.port}/{database}?{query}"
