@@ -14,12 +14,14 @@ from . import messages as m
 _EXTENDED = frozenset(b"PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush
 _CYCLE_START = frozenset(b"QSF")  # Query, Sync, FunctionCall: each earns one ReadyForQuery
 _COPY_IN_END = frozenset(b"cf")  # CopyDone, CopyFail
+_SYNC = m.SYNC[0]
+_EXECUTE = m.EXECUTE[0]
 
 
 class QueryCycle:
     """Counts owed ReadyForQuery messages and remembers the transaction status."""
 
-    __slots__ = ("pending", "unsynced", "copy_in", "status")
+    __slots__ = ("pending", "unsynced", "copy_in", "status", "_syncs_since_execute")
 
     # Frontend types the session must report to `client_message`.
     FRONTEND_NOTE = b"QSFPBDECHcfX"
@@ -31,6 +33,10 @@ class QueryCycle:
         self.unsynced = False  # extended-protocol messages sent since the last Sync
         self.copy_in = False  # the server is waiting for CopyData from the client
         self.status = b"I"  # transaction status of the last ReadyForQuery: I, T or E
+        # Syncs sent after the latest Execute: if that Execute turns out to start a COPY
+        # FROM STDIN, the server ignores them ("Ignore Flush/Sync for the convenience of
+        # client libraries", copyfromparse.c) and they earn no ReadyForQuery.
+        self._syncs_since_execute = 0
 
     @property
     def idle(self) -> bool:
@@ -42,12 +48,19 @@ class QueryCycle:
         return self.status != b"I"
 
     def client_message(self, type_code: int) -> None:
-        if type_code in _CYCLE_START:
+        if type_code == _SYNC:
+            self.unsynced = False
+            if not self.copy_in:  # a Sync inside COPY IN is ignored by the server
+                self.pending += 1
+                self._syncs_since_execute += 1
+        elif type_code in _CYCLE_START:
             self.pending += 1
-            if type_code == m.SYNC[0]:
-                self.unsynced = False
+            self._syncs_since_execute = 0
         elif type_code in _EXTENDED:
-            self.unsynced = True
+            if not self.copy_in:  # a Flush inside COPY IN is ignored too
+                self.unsynced = True
+            if type_code == _EXECUTE:
+                self._syncs_since_execute = 0
         elif type_code in _COPY_IN_END:
             self.copy_in = False
 
@@ -60,3 +73,6 @@ class QueryCycle:
                 self.status = body[:1]
         elif type_code == m.COPY_IN_RESPONSE[0] or type_code == m.COPY_BOTH_RESPONSE[0]:
             self.copy_in = True
+            # Syncs already sent behind the Execute that started this COPY are ignored.
+            self.pending -= min(self._syncs_since_execute, self.pending)
+            self._syncs_since_execute = 0

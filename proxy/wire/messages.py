@@ -19,8 +19,8 @@ PROTOCOL_3_2 = (3 << 16) | 2
 
 # Limits PostgreSQL itself applies (src/include/libpq/libpq.h).
 MAX_STARTUP_PACKET_LENGTH = 10000
-SMALL_MESSAGE_LIMIT = 10000 - 1
-LARGE_MESSAGE_LIMIT = 0x3FFFFFFF - 1  # MaxAllocSize - 1
+SMALL_MESSAGE_LIMIT = 10000  # PQ_SMALL_MESSAGE_LIMIT: largest length (incl. itself) accepted
+LARGE_MESSAGE_LIMIT = 0x3FFFFFFF - 1  # PQ_LARGE_MESSAGE_LIMIT = MaxAllocSize - 1
 
 # Frontend (client -> server) message types.
 BIND = b"B"

@@ -63,7 +63,8 @@ def read_startup_packet(buffer: bytes | bytearray) -> tuple[StartupPacket | None
     if len(buffer) < 8:
         return None, 0
     length, code = struct.unpack_from("!iI", buffer)
-    if length < 8 or length > MAX_STARTUP_PACKET_LENGTH:
+    # PostgreSQL bounds the packet without its length word (postmaster.c).
+    if length < 8 or length - 4 > MAX_STARTUP_PACKET_LENGTH:
         raise ProtocolViolation(f"invalid length of startup packet: {length}")
     if len(buffer) < length:
         return None, 0
@@ -87,18 +88,24 @@ def read_startup_packet(buffer: bytes | bytearray) -> tuple[StartupPacket | None
 
 
 def _parse_parameters(body: bytes) -> dict[str, str]:
-    if not body.endswith(b"\0"):
+    """Name/value pairs up to an empty name, which must be the packet's last byte (as in
+    PostgreSQL's ProcessStartupPacket)."""
+    params: dict[str, str] = {}
+    offset = 0
+    while offset < len(body):
+        name_end = body.find(b"\0", offset)
+        if name_end == offset:  # the terminator
+            break
+        value_end = body.find(b"\0", name_end + 1) if name_end != -1 else -1
+        if value_end == -1:
+            raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+        try:
+            params[body[offset:name_end].decode()] = body[name_end + 1 : value_end].decode()
+        except UnicodeDecodeError as exc:
+            raise ProtocolViolation("invalid byte sequence in startup packet") from exc
+        offset = value_end + 1
+    if offset != len(body) - 1:
         raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
-    parts = body[:-1].split(b"\0")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    if len(parts) % 2:
-        raise ProtocolViolation("invalid startup packet layout: parameter without a value")
-    try:
-        decoded = [p.decode("utf-8") for p in parts]
-    except UnicodeDecodeError as exc:
-        raise ProtocolViolation("invalid byte sequence in startup packet") from exc
-    params = dict(zip(decoded[::2], decoded[1::2]))
     if not params.get("user"):
         raise ProtocolViolation("no PostgreSQL user name specified in startup packet")
     return params
