@@ -88,7 +88,8 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.RELAY:
-            self._relay_client_data(data)
+            if self._deferred_error is None:  # else: closing, the client is not heard any more
+                self._relay_client_data(data)
         elif self.state is State.STARTUP:
             self._buffer += data
             self._read_startup_packets()
@@ -152,7 +153,7 @@ class Session(asyncio.Protocol):
             self.client.pause_reading()
 
     def server_resumed(self) -> None:
-        if self.client is not None and self.state is State.RELAY:
+        if self.client is not None and self.state is State.RELAY and self._deferred_error is None:
             self.client.resume_reading()
 
     # --- the relay ---------------------------------------------------------------------
