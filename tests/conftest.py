@@ -100,6 +100,31 @@ def fresh_database(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="session")
+def has_pgvector(database: Database) -> bool:
+    """Whether the server offers pgvector (the wheel's PostgreSQL 18 does; Debian's 15 may not)."""
+    import psycopg
+
+    with psycopg.connect(database.direct_dsn()) as conn:
+        row = conn.execute("select count(*) from pg_available_extensions where name = 'vector'").fetchone()
+        return bool(row and row[0])
+
+
+@pytest.fixture(scope="session")
+def server_version_num(database: Database) -> int:
+    import psycopg
+
+    with psycopg.connect(database.direct_dsn()) as conn:
+        row = conn.execute("show server_version_num").fetchone()
+        return int(row[0]) if row else 0
+
+
+@pytest.fixture
+def pgvector(has_pgvector: bool) -> None:
+    if not has_pgvector:
+        pytest.skip("pgvector is not installed on this server")
+
+
+@pytest.fixture(scope="session")
 def proxy(database: Database) -> Iterator[ProxyProcess]:
     """The proxy in front of the session's database (plain TCP to clients)."""
     p = ProxyProcess(["--upstream", database.upstream], superuser_password=database.password).start()

@@ -260,7 +260,7 @@ async def test_binary_types_round_trip(conn, table):
     assert special["e"].isempty
 
 
-async def test_pgvector_values(conn, table):
+async def test_pgvector_values(conn, table, pgvector):
     await conn.execute("create extension if not exists vector")
     await conn.execute(f"create table {table} (id int primary key, v vector(3))")
     await conn.execute(

@@ -250,7 +250,9 @@ def test_named_cursor_scroll_and_withhold(conn):
 
 
 @pytest.mark.parametrize("protocol", ["3.0", "3.2"])
-def test_cancel_from_another_thread(proxy, direct, protocol):
+def test_cancel_from_another_thread(proxy, direct, protocol, server_version_num):
+    if protocol == "3.2" and server_version_num < 180000:
+        pytest.skip("protocol 3.2 needs PostgreSQL 18")
     # Protocol 3.2 (PostgreSQL 18, libpq 18) has 32-byte cancel keys instead of 4-byte ones.
     marker = unique("sleep")
     errors_in_thread: list[BaseException] = []
@@ -300,7 +302,9 @@ def test_cancel_from_another_thread(proxy, direct, protocol):
 
 
 @pytest.mark.parametrize("protocol", ["3.0", "3.2"])
-def test_client_killed_mid_query_is_cancelled_on_server(proxy, direct, protocol):
+def test_client_killed_mid_query_is_cancelled_on_server(proxy, direct, protocol, server_version_num):
+    if protocol == "3.2" and server_version_num < 180000:
+        pytest.skip("protocol 3.2 needs PostgreSQL 18")
     """A client that vanishes without Terminate: the proxy cancels its statement."""
     marker = unique("vanish")
     dsn = proxy.dsn(min_protocol_version=protocol, max_protocol_version=protocol)
