@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         """Settings from these command-line arguments, the environment and the TOML file."""
         token = _TOML_FILE.set(_config_path_hint(argv))
         try:
-            return cls(_cli_parse_args=argv)
+            return cls(_cli_parse_args=argv)  # type: ignore[call-arg]  # pydantic-settings init kwarg
         finally:
             _TOML_FILE.reset(token)
 

