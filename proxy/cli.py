@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import Settings
 from .server import ProxyServer
@@ -15,7 +16,10 @@ log = logging.getLogger("proxy")
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.load(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["install-extension"]:
+        sys.exit(install_extension(args[1:]))
+    settings = Settings.load(args)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -62,6 +66,32 @@ async def serve(settings: Settings) -> None:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
     log.info("bye")
+
+
+def install_extension(argv: list[str]) -> int:
+    """`pg-model-proxy install-extension --pg-config PATH`: native mode for a server you own."""
+    import argparse
+    import subprocess
+
+    from .extension import install_files
+
+    parser = argparse.ArgumentParser(
+        prog="pg-model-proxy install-extension",
+        description="Copy the google_ml_integration extension files into a PostgreSQL "
+        "installation's extension directory (run as the owner of that directory).",
+    )
+    parser.add_argument(
+        "--pg-config", required=True, help="the server's pg_config, e.g. /usr/lib/postgresql/16/bin/pg_config"
+    )
+    options = parser.parse_args(argv)
+    try:
+        for path in install_files(Path(options.pg_config)):
+            print(path)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"pg-model-proxy install-extension: {exc}", file=sys.stderr)
+        return 1
+    print("now run: CREATE EXTENSION google_ml_integration;")
+    return 0
 
 
 def _is_loopback(address: tuple[str, int] | None) -> bool:

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     tls_self_signed: bool = Field(
         False, description="serve TLS to clients with a generated self-signed certificate"
     )
+    extension_mode: Literal["auto", "native", "emulated"] = Field(
+        "auto",
+        description="google_ml_integration install mode: native (the server has the extension's "
+        "files), emulated (the proxy answers CREATE/ALTER/DROP EXTENSION), or auto (native when "
+        "the server lists the extension as available)",
+    )
     max_clients: int = Field(1000, ge=1, description="client connections accepted at once")
     shutdown_timeout: float = Field(
         30.0, ge=0, description="seconds running statements get to finish on SIGTERM/Ctrl-C"

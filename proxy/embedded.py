@@ -73,6 +73,7 @@ class EmbeddedPostgres:
     def start(self) -> Upstream:
         """Make sure the server runs (initialising the data directory on first use)."""
         self._open_binaries()
+        self._install_extension_files()
         fresh = not (self.data_dir / "PG_VERSION").exists()
         if fresh:
             self._initdb()
@@ -172,6 +173,16 @@ class EmbeddedPostgres:
                 result.returncode, program, result.stdout, result.stderr
             )
         return result.stdout
+
+    def _install_extension_files(self) -> None:
+        """Native mode: put google_ml_integration's files in this server's extension dir."""
+        from .extension import install_files
+
+        assert self.bin_dir is not None
+        try:
+            install_files(self.bin_dir / "pg_config")
+        except (OSError, subprocess.CalledProcessError) as exc:
+            log.warning("could not install the google_ml_integration files: %s", exc)
 
     def _open_binaries(self) -> None:
         """Under root, let the service user read and run the binaries (e.g. under /root)."""

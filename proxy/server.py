@@ -28,6 +28,8 @@ class ProxyServer:
         self._listener: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.address: tuple[str, int] | None = None
+        # Whether google_ml_integration is emulated on the upstream; learnt by the first session that needs it.
+        self.extension_emulated: bool | None = None
 
     async def start(self) -> None:
         host, port = self.settings.listen_host_port

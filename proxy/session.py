@@ -14,15 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections import deque
 from collections.abc import Coroutine
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, cast
 
 from . import upstream
+from .intercept import PARSE, QUERY, Forward, Held, split
+from .sql.rewrite import Rewriter, may_need_rewrite
 from .wire import messages as m
 from .wire.cycle import QueryCycle
 from .wire.errors import ProtocolViolation
 from .wire.framing import MessageScanner
+from .wire.replies import ReplyCollector, ServerError
 from .wire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -40,6 +44,14 @@ _TERMINATE = m.TERMINATE[0]
 _BACKEND_KEY_DATA = m.BACKEND_KEY_DATA[0]
 _ERROR_RESPONSE = m.ERROR_RESPONSE[0]
 _READY_FOR_QUERY = m.READY_FOR_QUERY[0]
+_COMMAND_COMPLETE = ord("C")
+# Query and Parse bodies are kept (up to this size) for the cheap interception test.
+INSPECT_LIMIT = 1 << 20
+_CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QP")
+_SERVER_KEEP = QueryCycle.BACKEND_KEEP + b"KE"
+_EXTENSION_PROBE = (
+    "SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'google_ml_integration'"
+)
 
 
 class State(Enum):
@@ -63,8 +75,15 @@ class Session(asyncio.Protocol):
         self.startup: StartupMessage | None = None
         self.cancel_key: tuple[int, bytes] | None = None
         self.cycle = QueryCycle()
-        self.client_scanner = MessageScanner(note=QueryCycle.FRONTEND_NOTE, frontend=True)
-        self.server_scanner = MessageScanner(note=b"", keep=QueryCycle.BACKEND_KEEP + b"KE")
+        self.client_scanner = MessageScanner(
+            note=_CLIENT_NOTE,
+            keep=b"QP",
+            keep_limit=INSPECT_LIMIT,
+            frontend=True,
+            oversize_ok=True,
+            track_offsets=True,
+        )
+        self.server_scanner = MessageScanner(keep=_SERVER_KEEP, track_offsets=True)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buffer = bytearray()  # client bytes read before the relay starts
         self._tls = False
@@ -77,6 +96,15 @@ class Session(asyncio.Protocol):
         self._deferred_until_idle = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.admitted = False  # counted against max_clients
+        # Interception (the slow path): client segments waiting their turn, the message
+        # being inspected, the proxy's own statement in flight, and command tags to restore.
+        self._queue: deque[Forward | Held] = deque()
+        self._inspecting: asyncio.Task[None] | None = None
+        self._own: ReplyCollector | None = None
+        self._own_done: asyncio.Future[None] | None = None
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self._tag_rewrites: deque[tuple[bytes, bytes]] = deque()
+        self._upstream_full = False
 
     # --- client leg: asyncio callbacks -------------------------------------------------
 
@@ -120,6 +148,10 @@ class Session(asyncio.Protocol):
     # --- server leg: called by upstream.ServerConnection -------------------------------
 
     def server_data(self, data: bytes) -> None:
+        if self._own is not None:
+            data = self._own_reply(data)
+            if not data:
+                return
         try:
             events = self.server_scanner.feed(data)
         except ProtocolViolation as exc:
@@ -127,11 +159,15 @@ class Session(asyncio.Protocol):
             self._close(client_error=None)
             return
         if events:
+            if self._tag_rewrites:
+                data = self._restore_tags(data, events)
             self._server_events(events)
         if self.client is not None and self.state is not State.CLOSED:
             self.client.write(data)
             if self._deferred_error is not None and self._deferred_done():
                 self._close(client_error=self._deferred_error)
+            if self._idle_waiter is not None and self.cycle.idle and not self._idle_waiter.done():
+                self._idle_waiter.set_result(None)
 
     def server_lost(self, exc: Exception | None) -> None:
         if self.state is State.CLOSED:
@@ -151,29 +187,177 @@ class Session(asyncio.Protocol):
             self._close(client_error=None)
 
     def server_paused(self) -> None:
+        self._upstream_full = True
         if self.client is not None:
             self.client.pause_reading()
 
     def server_resumed(self) -> None:
-        if self.client is not None and self.state is State.RELAY and self._deferred_error is None:
+        self._upstream_full = False
+        self._resume_client()
+
+    def _resume_client(self) -> None:
+        """Read the client again, unless something else still wants it paused."""
+        if (
+            self.client is not None
+            and self.state is State.RELAY
+            and self._deferred_error is None
+            and not self._upstream_full
+            and not self._queue
+            and self._inspecting is None
+        ):
             self.client.resume_reading()
 
     # --- the relay ---------------------------------------------------------------------
 
     def _relay_client_data(self, data: bytes) -> None:
+        scanner = self.client_scanner
         try:
-            events = self.client_scanner.feed(data)
+            events = scanner.feed(data)
         except ProtocolViolation as exc:
-            prefix = self.client_scanner.valid_prefix
-            self._client_events(exc.events)
-            if prefix and self.upstream is not None:
-                self.upstream.write(data[:prefix])
+            if self._queue or self._inspecting is not None:
+                self._queue.append(Forward(data[: scanner.valid_prefix], exc.events))
+            else:
+                self._client_events(exc.events)
+                if scanner.valid_prefix and self.upstream is not None:
+                    self.upstream.write(data[: scanner.valid_prefix])
             self._fail(exc)
             return
-        if events:
-            self._client_events(events)
+        hold = [
+            type_code in (QUERY, PARSE) and body is not None and may_need_rewrite(body)
+            for type_code, body in events
+        ] if events else []
+        if not self._queue and self._inspecting is None and not any(hold):
+            if events:
+                self._client_events(events)  # the fast path: relay the chunk as it came
+            assert self.upstream is not None
+            self.upstream.write(data)
+            return
+        self._queue.extend(split(data, events, list(scanner.offsets), hold))
+        self._drain()
+
+    def _drain(self) -> None:
+        """Relay queued segments in order; a held message is inspected before what follows."""
+        while self._queue and self._inspecting is None and self.state is State.RELAY:
+            segment = self._queue.popleft()
+            if isinstance(segment, Forward):
+                self._client_events(segment.events)
+                assert self.upstream is not None
+                self.upstream.write(segment.data)
+            else:
+                task = asyncio.get_running_loop().create_task(self._inspect(segment))
+                self._inspecting = task
+                self._tasks.add(task)
+                task.add_done_callback(self._inspected)
+        if self._queue or self._inspecting is not None:
+            if self.client is not None:
+                self.client.pause_reading()  # bounded: nothing more is read meanwhile
+        else:
+            self._resume_client()
+
+    def _inspected(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._inspecting = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("client %s: inspecting a statement failed", self.peer, exc_info=task.exception())
+        if self.state is State.RELAY:
+            self._drain()
+
+    async def _inspect(self, held: Held) -> None:
+        """Send a held Query/Parse on, rewritten if the proxy answers it differently."""
+        rewrite = None
+        try:
+            emulated = await self._extension_emulated()
+            rewrite = Rewriter(emulated=emulated).rewrite(held.sql())
+        except (ValueError, ServerError) as exc:
+            log.warning("client %s: statement passed on unchanged: %s", self.peer, exc)
+        except Exception:
+            log.exception("client %s: statement passed on unchanged", self.peer)
+        if self.state is not State.RELAY:
+            return
+        self.cycle.client_message(held.type_code)
         assert self.upstream is not None
-        self.upstream.write(data)
+        if rewrite is None:
+            self.upstream.write(held.raw)
+            return
+        if rewrite.tags:
+            self._tag_rewrites.extend((old.encode(), new.encode()) for old, new in rewrite.tags)
+            self.server_scanner.keep_also(_SERVER_KEEP + b"C")
+        log.debug("client %s: statement rewritten", self.peer)
+        self.upstream.write(held.with_sql(rewrite.sql))
+
+    async def _extension_emulated(self) -> bool:
+        """Whether google_ml_integration is emulated on this server (asked once, then cached)."""
+        mode = self.settings.extension_mode
+        if mode != "auto":
+            return mode == "emulated"
+        if self.server.extension_emulated is None:
+            rows = await self.own_query(_EXTENSION_PROBE)
+            if rows is None:
+                return False  # cannot ask now (mid-batch or failed transaction): assume native
+            self.server.extension_emulated = rows[0][0] == "0"
+            log.info(
+                "google_ml_integration: %s mode",
+                "emulated" if self.server.extension_emulated else "native",
+            )
+        return self.server.extension_emulated
+
+    async def own_query(self, sql: str) -> list[tuple[str | None, ...]] | None:
+        """Run a statement of the proxy's own in this session, once the server is idle.
+
+        Returns its rows, or None when it cannot run now: in the middle of the client's
+        extended-protocol batch, or in a failed transaction. Raises ServerError.
+        """
+        if self.cycle.unsynced or self.cycle.copy_in:
+            return None
+        if not self.cycle.idle:
+            self._idle_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._idle_waiter
+            finally:
+                self._idle_waiter = None
+        if self.cycle.status == b"E" or self.state is not State.RELAY:
+            return None
+        collector = ReplyCollector()
+        self._own, self._own_done = collector, asyncio.get_running_loop().create_future()
+        assert self.upstream is not None
+        self.upstream.write(m.message(m.QUERY, sql.encode() + b"\0"))
+        try:
+            await self._own_done
+        finally:
+            self._own = self._own_done = None
+        if collector.error is not None:
+            raise collector.error
+        return collector.rows
+
+    def _own_reply(self, data: bytes) -> bytes:
+        """Feed the proxy's own statement's reply; return bytes that follow it."""
+        assert self._own is not None
+        for_client, rest = self._own.feed(data)
+        if for_client and self.client is not None:
+            self.client.write(for_client)
+        if self._own.done and self._own_done is not None and not self._own_done.done():
+            self._own_done.set_result(None)
+            self._own = None
+        return rest
+
+    def _restore_tags(self, data: bytes, events: list[tuple[int, bytes | None]]) -> bytes:
+        """Give rewritten statements' CommandComplete the tag the client's statement has."""
+        out = bytearray()
+        cursor = 0
+        for (type_code, body), (start, end) in zip(events, self.server_scanner.offsets, strict=True):
+            if type_code == _COMMAND_COMPLETE and body is not None and self._tag_rewrites:
+                old, new = self._tag_rewrites[0]
+                if body.rstrip(b"\0") == old and 0 <= start and end <= len(data):
+                    self._tag_rewrites.popleft()
+                    out += data[cursor:start] + m.message(m.COMMAND_COMPLETE, new + b"\0")
+                    cursor = end
+            elif type_code == _READY_FOR_QUERY and self.cycle.pending <= 1:
+                self._tag_rewrites.clear()  # the cycle is over: forget what was not seen
+                self.server_scanner.keep_also(_SERVER_KEEP)
+        if cursor == 0:
+            return data
+        out += data[cursor:]
+        return bytes(out)
 
     def _client_events(self, events: list[tuple[int, bytes | None]]) -> None:
         for type_code, _ in events:

@@ -40,6 +40,10 @@ class MessageScanner:
         "_body_type",
         "messages",
         "valid_prefix",
+        "offsets",
+        "_track_offsets",
+        "_oversize_ok",
+        "_body_start",
     )
 
     def __init__(
@@ -49,9 +53,19 @@ class MessageScanner:
         keep: bytes = b"",
         keep_limit: int = 1 << 20,
         frontend: bool = False,
+        oversize_ok: bool = False,
+        track_offsets: bool = False,
     ) -> None:
         self._note = frozenset(note)
         self._keep = frozenset(keep)
+        # Over-limit kept messages from a client: a violation, or (oversize_ok) reported without body.
+        self._oversize_ok = oversize_ok
+        # With track_offsets, `offsets` lists (start, end) of each returned event's message
+        # relative to the chunk just fed: start < 0 if it began in an earlier chunk, end >
+        # len(chunk) if it goes on in later ones.
+        self._track_offsets = track_offsets
+        self.offsets: list[tuple[int, int]] = []
+        self._body_start = 0
         self._keep_limit = keep_limit
         self._frontend = frontend
         self._partial_header = b""
@@ -67,6 +81,10 @@ class MessageScanner:
         """True when everything fed so far ends exactly at a message boundary."""
         return self._remaining == 0 and not self._partial_header
 
+    def keep_also(self, types: bytes) -> None:
+        """Change which types are kept from the next feed on (e.g. CommandComplete while rewriting)."""
+        self._keep = frozenset(types)
+
     def feed(self, data: bytes) -> list[Event]:
         """Consume one chunk; return events for noted and kept types, in stream order.
 
@@ -75,8 +93,11 @@ class MessageScanner:
         exception's `events` holds their events.
         """
         events = _NO_EVENTS
+        track = self._track_offsets
+        if track:
+            self.offsets = []
         pos = 0
-        n = len(data)
+        n = chunk_length = len(data)
         if self._remaining:
             take = self._remaining if self._remaining < n else n
             self._remaining -= take
@@ -85,7 +106,11 @@ class MessageScanner:
                 self._body += data[:take]
                 if not self._remaining:
                     events = [(self._body_type, bytes(self._body))]
+                    if track:
+                        self.offsets.append((self._body_start, take))
                     self._body = None
+                else:
+                    self._body_start -= chunk_length  # still going: re-base on the next chunk
             if pos == n:
                 return events
         shift = 0  # offset of `data` positions relative to the caller's chunk
@@ -113,24 +138,32 @@ class MessageScanner:
                     if events is _NO_EVENTS:
                         events = []
                     events.append((type_code, None))
+                    if track:
+                        self.offsets.append((pos + shift, end + shift))
                 elif type_code in keep:
                     if length - 4 > self._keep_limit:
-                        if frontend:
+                        if frontend and not self._oversize_ok:
                             self.valid_prefix = max(pos + shift, 0)
                             raise ProtocolViolation(
                                 f"message {chr(type_code)!r} of {length} bytes exceeds the proxy's limit"
                             )
-                        # From the server: report it, but do not hold the body.
+                        # Report it, but do not hold the body.
                         if events is _NO_EVENTS:
                             events = []
                         events.append((type_code, None))
+                        if track:
+                            self.offsets.append((pos + shift, end + shift))
                     elif end <= n:
                         if events is _NO_EVENTS:
                             events = []
                         events.append((type_code, data[pos + 5 : end]))
+                        if track:
+                            self.offsets.append((pos + shift, end + shift))
                     else:
                         self._body = bytearray(data[pos + 5 :])
                         self._body_type = type_code
+                        # Where it started, relative to the chunk that follows this one.
+                        self._body_start = pos + shift - chunk_length
                 pos = end
         except ProtocolViolation as exc:
             exc.events = events  # what came before the bad header still happened

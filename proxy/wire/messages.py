@@ -40,6 +40,7 @@ TERMINATE = b"X"
 
 # Backend (server -> client) message types.
 AUTHENTICATION = b"R"
+COMMAND_COMPLETE = b"C"
 BACKEND_KEY_DATA = b"K"
 ERROR_RESPONSE = b"E"
 NOTICE_RESPONSE = b"N"

@@ -1,0 +1,1 @@
+"""The google_ml_integration extension's SQL files (a package only so that installs ship them)."""
