@@ -45,6 +45,7 @@ _BACKEND_KEY_DATA = m.BACKEND_KEY_DATA[0]
 _ERROR_RESPONSE = m.ERROR_RESPONSE[0]
 _READY_FOR_QUERY = m.READY_FOR_QUERY[0]
 _COMMAND_COMPLETE = ord("C")
+_STATEMENT_DONE = frozenset(b"CI")  # CommandComplete, EmptyQueryResponse
 # Query and Parse bodies are kept (up to this size) for the cheap interception test.
 INSPECT_LIMIT = 1 << 20
 _CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QP")
@@ -103,7 +104,8 @@ class Session(asyncio.Protocol):
         self._own: ReplyCollector | None = None
         self._own_done: asyncio.Future[None] | None = None
         self._idle_waiter: asyncio.Future[None] | None = None
-        self._tag_rewrites: deque[tuple[bytes, bytes]] = deque()
+        # Per statement of rewritten messages still to answer: the tag to restore, or None.
+        self._tag_rewrites: deque[bytes | None] = deque()
         self._upstream_full = False
 
     # --- client leg: asyncio callbacks -------------------------------------------------
@@ -280,8 +282,8 @@ class Session(asyncio.Protocol):
             self.upstream.write(held.raw)
             return
         if rewrite.tags:
-            self._tag_rewrites.extend((old.encode(), new.encode()) for old, new in rewrite.tags)
-            self.server_scanner.keep_also(_SERVER_KEEP + b"C")
+            self._tag_rewrites.extend(t.encode() if t else None for t in rewrite.tags)
+            self.server_scanner.keep_also(_SERVER_KEEP + b"CI")
         log.debug("client %s: statement rewritten", self.peer)
         self.upstream.write(held.with_sql(rewrite.sql))
 
@@ -341,14 +343,18 @@ class Session(asyncio.Protocol):
         return rest
 
     def _restore_tags(self, data: bytes, events: list[tuple[int, bytes | None]]) -> bytes:
-        """Give rewritten statements' CommandComplete the tag the client's statement has."""
+        """Give rewritten statements' CommandComplete the tag the client's statement has.
+
+        Each statement of a rewritten message ends with one CommandComplete or
+        EmptyQueryResponse (or an error, after which the rest is skipped until
+        ReadyForQuery), so the tags are consumed in order.
+        """
         out = bytearray()
         cursor = 0
         for (type_code, body), (start, end) in zip(events, self.server_scanner.offsets, strict=True):
-            if type_code == _COMMAND_COMPLETE and body is not None and self._tag_rewrites:
-                old, new = self._tag_rewrites[0]
-                if body.rstrip(b"\0") == old and 0 <= start and end <= len(data):
-                    self._tag_rewrites.popleft()
+            if type_code in _STATEMENT_DONE and self._tag_rewrites:
+                new = self._tag_rewrites.popleft()
+                if new is not None and type_code == _COMMAND_COMPLETE and 0 <= start and end <= len(data):
                     out += data[cursor:start] + m.message(m.COMMAND_COMPLETE, new + b"\0")
                     cursor = end
             elif type_code == _READY_FOR_QUERY and self.cycle.pending <= 1:

@@ -38,10 +38,10 @@ def may_need_rewrite(query: bytes) -> bool:
 
 @dataclass
 class Rewrite:
-    """The SQL to send instead, and the command tags to restore in the reply, in order."""
+    """The SQL to send instead, and per statement the command tag to restore (None: keep)."""
 
     sql: str
-    tags: list[tuple[str, str]] = field(default_factory=list)  # (tag the server sends, tag the client expects)
+    tags: list[str | None] = field(default_factory=list)
 
 
 class Rewriter:
@@ -56,13 +56,15 @@ class Rewriter:
         except pglast.parser.ParseError:
             return None  # the server will report the syntax error in its own words
         pieces: list[tuple[int, int, str]] = []
-        tags: list[tuple[str, str]] = []
+        tags: list[str | None] = []
         for raw in statements:
             if raw.stmt is None:
                 continue
             start = raw.stmt_location or 0
             end = start + raw.stmt_len if raw.stmt_len else len(sql)
-            replaced = self._statement(raw.stmt, sql[start:end], tags)
+            tag: list[str | None] = [None]
+            replaced = self._statement(raw.stmt, sql[start:end], tag)
+            tags.append(tag[0])
             if replaced is not None:
                 pieces.append((start, end, replaced))
         if not pieces:
@@ -70,33 +72,33 @@ class Rewriter:
         out = sql
         for start, end, text in reversed(pieces):
             out = out[:start] + text + out[end:]
-        return Rewrite(out, tags)
+        return Rewrite(out, tags if any(tags) else [])
 
-    def _statement(self, node: ast.Node, text: str, tags: list[tuple[str, str]]) -> str | None:
+    def _statement(self, node: ast.Node, text: str, tag: list[str | None]) -> str | None:
         if isinstance(node, ast.VariableShowStmt) and node.name and node.name.lower() in settings.SETTINGS:
-            tags.append(("SELECT 1", "SHOW"))
+            tag[0] = "SHOW"
             return settings.show_sql(node.name.lower())
         if self.emulated:
-            replaced = self._extension_statement(node, text, tags)
+            replaced = self._extension_statement(node, text, tag)
             if replaced is not None:
                 return replaced
         return self._catalog_query(node)
 
-    def _extension_statement(self, node: ast.Node, text: str, tags: list[tuple[str, str]]) -> str | None:
+    def _extension_statement(self, node: ast.Node, text: str, tag: list[str | None]) -> str | None:
         if isinstance(node, ast.CreateExtensionStmt) and node.extname == EXTENSION:
-            tags.append(("DO", "CREATE EXTENSION"))
+            tag[0] = "CREATE EXTENSION"
             return emulation.create_extension(
                 version=_option(node.options, "new_version"), if_not_exists=bool(node.if_not_exists)
             )
         if isinstance(node, ast.AlterExtensionStmt) and node.extname == EXTENSION:
-            tags.append(("DO", "ALTER EXTENSION"))
+            tag[0] = "ALTER EXTENSION"
             return emulation.alter_extension(version=_option(node.options, "new_version"))
         if (
             isinstance(node, ast.DropStmt)
             and node.removeType == enums.ObjectType.OBJECT_EXTENSION
             and [getattr(o, "sval", None) for o in node.objects or ()] == [EXTENSION]
         ):
-            tags.append(("DO", "DROP EXTENSION"))
+            tag[0] = "DROP EXTENSION"
             return emulation.drop_extension(
                 missing_ok=bool(node.missing_ok),
                 cascade=node.behavior == enums.DropBehavior.DROP_CASCADE,
