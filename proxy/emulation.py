@@ -110,7 +110,8 @@ def _creates_schema(script: str) -> bool:
 def _quote(text: str, tag: str) -> str:
     if f"${tag}$" in text:
         raise EmulationError(f"script contains the reserved dollar-quote tag ${tag}$")
-    return f"${tag}${text}${tag}$"
+    # Newlines keep tags apart: "...$a$$b$" would contain "$$" and end a client's DO $$ body.
+    return f"${tag}$\n{text}\n${tag}$"
 
 
 def create_extension(*, version: str | None, if_not_exists: bool) -> str:

@@ -351,7 +351,7 @@ class Session(asyncio.Protocol):
         """
         out = bytearray()
         cursor = 0
-        for (type_code, body), (start, end) in zip(events, self.server_scanner.offsets, strict=True):
+        for (type_code, _body), (start, end) in zip(events, self.server_scanner.offsets, strict=True):
             if type_code in _STATEMENT_DONE and self._tag_rewrites:
                 new = self._tag_rewrites.popleft()
                 if new is not None and type_code == _COMMAND_COMPLETE and 0 <= start and end <= len(data):

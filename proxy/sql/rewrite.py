@@ -127,7 +127,7 @@ def _create_inside_do(match: re.Match[str]) -> str:
     block = emulation.create_extension(
         version=_option(node.options, "new_version"), if_not_exists=bool(node.if_not_exists)
     )
-    return f"EXECUTE $pgmp_do${block}$pgmp_do$;"
+    return f"EXECUTE $pgmp_do$\n{block}\n$pgmp_do$;"
 
 
 def _option(options: tuple[ast.DefElem, ...] | None, name: str) -> str | None:
