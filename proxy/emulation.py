@@ -177,21 +177,19 @@ def drop_extension(*, missing_ok: bool, cascade: bool) -> str:
         if missing_ok
         else f"RAISE EXCEPTION 'extension \"{EXTENSION}\" does not exist' USING ERRCODE = 'undefined_object';"
     )
-    # Objects outside the schema that depend on objects inside it: RESTRICT refuses them.
+    # Objects outside the schema that depend on objects inside it: RESTRICT refuses them
+    # (a dependent's address starts with its schema, or its table's for a column, default,
+    # constraint or rule: those of google_ml's own tables and views are not dependents).
     dependents = (
-        "SELECT FROM pg_catalog.pg_depend d"
-        " JOIN pg_catalog.pg_namespace n ON n.nspname = 'google_ml'"
-        " WHERE d.deptype = 'n' AND d.refobjid IN ("
-        "   SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = n.oid"
-        "   UNION ALL SELECT oid FROM pg_catalog.pg_proc WHERE pronamespace = n.oid"
-        "   UNION ALL SELECT oid FROM pg_catalog.pg_type WHERE typnamespace = n.oid)"
-        " AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = d.objid AND c.relnamespace = n.oid)"
-        " AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.oid = d.objid AND p.pronamespace = n.oid)"
-        " AND NOT EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid = d.objid AND t.typnamespace = n.oid)"
-        " AND NOT EXISTS (SELECT FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class"
-        "   WHERE r.oid = d.objid AND c.relnamespace = n.oid)"
-        " AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef a JOIN pg_catalog.pg_class c ON c.oid = a.adrelid"
-        "   WHERE a.oid = d.objid AND c.relnamespace = n.oid)"
+        "SELECT FROM pg_catalog.pg_depend d WHERE d.deptype = 'n' AND ("
+        " (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN"
+        "   (SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = 'google_ml'::regnamespace))"
+        " OR (d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN"
+        "   (SELECT oid FROM pg_catalog.pg_proc WHERE pronamespace = 'google_ml'::regnamespace))"
+        " OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN"
+        "   (SELECT oid FROM pg_catalog.pg_type WHERE typnamespace = 'google_ml'::regnamespace)))"
+        " AND (pg_catalog.pg_identify_object_as_address(d.classid, d.objid, d.objsubid)).object_names[1]"
+        " IS DISTINCT FROM 'google_ml'"
     )
     restrict = (
         ""

@@ -1,8 +1,11 @@
-"""The google_ml_integration extension of sqlfuncs/, installed natively in a real PostgreSQL.
+"""The google_ml_integration extension of sqlfuncs/ in a real PostgreSQL, three ways.
 
-Straight to the server (no proxy): the extension files are copied into the server's extension
-directory, each module-level database gets `CREATE EXTENSION google_ml_integration`, and the
-tests drive the SQL API of SPEC sections 1-3 (procedures in named and positional notation,
+Every test runs straight to the server, through the proxy in native mode, and through the
+proxy in emulated mode (where the proxy itself answers CREATE/ALTER/DROP EXTENSION with
+the same scripts): the `database` fixture below wraps the suite's server so that every
+connection of the module takes the route under test. The extension files are copied into
+the server's extension directory, each module-level database gets `CREATE EXTENSION
+google_ml_integration`, and the tests drive the SQL API of SPEC sections 1-3 (procedures in named and positional notation,
 list_model, model_info_view, built-in support, every validation error with its SQLSTATE,
 transactionality, permissions), then the extension's life cycle (versions, upgrade = direct
 install, DROP ... CASCADE, pg_dump).
@@ -24,6 +27,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Database
+from tests.support import ProxyProcess
 
 SQLFUNCS = Path(__file__).resolve().parents[2] / "sqlfuncs"
 EXTENSION = "google_ml_integration"
@@ -95,6 +99,38 @@ def unique(prefix: str) -> str:
 
 
 # --- fixtures ------------------------------------------------------------------------------
+
+
+class RoutedDatabase:
+    """The suite's server, reached directly or through a proxy in a given extension mode."""
+
+    def __init__(self, base: Database, route: str, proxy: ProxyProcess | None) -> None:
+        self.base, self.route, self.proxy = base, route, proxy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+    def direct_dsn(self, user: str | None = None, database: str = "postgres", password: str | None = None) -> str:
+        if self.proxy is None:
+            return self.base.direct_dsn(user, database, password)
+        user = user or self.base.superuser
+        if password is None:
+            password = self.base.password if user == self.base.superuser else ""
+        return self.proxy.dsn(user=user, database=database, password=password)
+
+
+@pytest.fixture(scope="module", params=["direct", "proxy-native", "proxy-emulated"])
+def database(request: pytest.FixtureRequest, database: Database) -> Iterator[RoutedDatabase]:
+    """Overrides the suite's fixture: the same server, on the route under test."""
+    if request.param == "direct":
+        yield RoutedDatabase(database, "direct", None)
+        return
+    mode = request.param.removeprefix("proxy-")
+    proxy = ProxyProcess(
+        ["--upstream", database.upstream, "--extension-mode", mode], superuser_password=database.password
+    ).start()
+    yield RoutedDatabase(database, request.param, proxy)
+    proxy.stop()
 
 
 @pytest.fixture(scope="module")
@@ -1163,6 +1199,8 @@ def test_drop_extension_cascade_removes_everything(database: Database, new_datab
 
 
 def test_pg_dump_keeps_user_rows(database: Database, new_database: Callable[..., str]) -> None:
+    if getattr(database, "route", "") == "proxy-emulated":
+        pytest.skip("an emulated extension has no pg_extension entry: pg_dump writes its objects as plain ones")
     server = database.require_embedded()
     assert server.bin_dir is not None
     source = new_database(f"CREATE EXTENSION {EXTENSION}")
