@@ -159,3 +159,125 @@ def test_psql_backslash_dx_lists_it(mode_proxy, dbname):
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if EXT in line)
     assert "1.6" in line and "google_ml" in line
+
+
+SEED_SCRIPT = """
+CREATE EXTENSION IF NOT EXISTS google_ml_integration;
+CALL google_ml.create_sm_secret(secret_id => 'openai-key', secret_path => 'projects/p/secrets/openai/versions/1');
+CALL google_ml.create_model(
+  model_id => 'openai-emb',
+  model_provider => 'open_ai',
+  model_qualified_name => 'text-embedding-3-small',
+  model_type => 'text_embedding',
+  model_auth_type => 'secret_manager',
+  model_auth_id => 'openai-key');
+CALL google_ml.create_model('claude', 'https://api.anthropic.com/v1/messages', 'anthropic', 'generic',
+  'claude-3-opus-20240229', 'secret_manager', 'openai-key', 'google_ml.anthropic_claude_header_gen_fn');
+\\x on
+SELECT * FROM google_ml.list_model('openai-emb') AS t(model_id varchar, model_availability text,
+  model_request_url varchar, model_provider google_ml.model_provider, model_type google_ml.model_type,
+  model_qualified_name varchar, model_auth_type google_ml.auth_type, model_auth_id varchar,
+  header_gen_fn varchar, input_transform_fn varchar, output_transform_fn varchar,
+  input_batch_transform_fn varchar, output_batch_transform_fn varchar);
+\\x off
+CALL google_ml.alter_model('claude', model_qualified_name => 'claude-3-haiku-20240307');
+SELECT model_id, model_qualified_name FROM google_ml.model_info_view WHERE model_id IN ('claude', 'openai-emb') ORDER BY 1;
+CALL google_ml.drop_model('claude');
+CALL google_ml.drop_model('openai-emb');
+CALL google_ml.drop_sm_secret('openai-key');
+SELECT count(*) AS left_over FROM google_ml.models WHERE model_id IN ('claude', 'openai-emb');
+"""
+
+
+def test_psql_management_script_of_the_seed_documents(mode_proxy, dbname):
+    out = subprocess.run(
+        [str(bundled_bin_dir() / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-d", mode_proxy.dsn(database=dbname)],
+        input=SEED_SCRIPT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "CREATE EXTENSION" in text and text.count("CALL") == 7
+    assert "model_request_url         | https://api.openai.com/v1/embeddings" in text
+    assert "input_transform_fn        | google_ml.openai_text_embedding_input_transform" in text
+    assert "model_auth_id             | openai-key" in text
+    assert " claude     | claude-3-haiku-20240307" in text
+    assert " left_over \n-----------\n         0" in text
+
+
+async def test_asyncpg_management_with_bind_parameters(mode_proxy, dbname):
+    conn = await asyncpg.connect(mode_proxy.dsn(database=dbname))
+    try:
+        await conn.execute(f"CREATE EXTENSION {EXT}")
+        await conn.execute(
+            "CALL google_ml.create_model(model_id => $1, model_request_url => $2, "
+            "model_provider => 'hugging_face', model_type => 'generic')",
+            "hf", "https://api-inference.huggingface.co/models/gpt2",
+        )
+        # asyncpg cannot decode an anonymous record holding enums (directly either): as text.
+        record = await conn.fetchval("SELECT google_ml.list_model($1)::text", "hf")
+        assert record.startswith("(hf,") and "/models/gpt2" in record
+        qualified = await conn.fetchval("SELECT google_ml.model_qualified_name_of($1)", "hf")
+        assert qualified is None or isinstance(qualified, str)
+        with pytest.raises(asyncpg.PostgresError, match="Model does not exist for model_id: nope"):
+            await conn.execute("CALL google_ml.drop_model('nope')")
+        await conn.execute("CALL google_ml.drop_model($1)", "hf")
+        assert await conn.fetchval("SELECT count(*) FROM google_ml.models WHERE model_id = 'hf'") == 0
+    finally:
+        await conn.close()
+
+
+def test_auto_mode_emulates_when_the_server_has_no_files(database, start_proxy, dbname):
+    """auto: the first session asks pg_available_extensions; without the files: emulated."""
+    server = database.require_embedded()
+    assert server.bin_dir is not None
+    from proxy.extension import extension_dir
+
+    ext_dir = extension_dir(server.bin_dir / "pg_config")
+    hidden = ext_dir / "pgmp-hidden"
+    hidden.mkdir(exist_ok=True)
+    moved = [f.rename(hidden / f.name) for f in ext_dir.glob(f"{EXT}*")]
+    try:
+        proxy = start_proxy("--upstream", database.upstream)  # --extension-mode auto
+        with connect(proxy, dbname) as conn:
+            assert conn.execute(f"CREATE EXTENSION {EXT}").statusmessage == "CREATE EXTENSION"
+            assert conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = %s", (EXT,)
+            ).fetchone() == ("1.6",)
+            assert conn.execute(
+                "SELECT obj_description('google_ml'::regnamespace)"
+            ).fetchone()[0].endswith("emulated by pg-model-proxy")
+        assert "google_ml_integration: emulated mode" in proxy.log_text()
+    finally:
+        for f in moved:
+            f.rename(ext_dir / f.name)
+        hidden.rmdir()
+
+
+def test_auto_mode_is_native_when_the_server_has_the_files(database, start_proxy, dbname):
+    proxy = start_proxy("--upstream", database.upstream)
+    with connect(proxy, dbname) as conn:
+        conn.execute(f"CREATE EXTENSION {EXT}")
+        # A real extension: PostgreSQL's own catalog has it.
+        with psycopg.connect(database.direct_dsn(database=dbname)) as direct:
+            assert direct.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = %s", (EXT,)
+            ).fetchone() == ("1.6",)
+    assert "google_ml_integration: native mode" in proxy.log_text()
+
+
+def test_install_extension_command(database, tmp_path):
+    import sys
+
+    server = database.require_embedded()
+    assert server.bin_dir is not None
+    ok = subprocess.run(
+        [sys.executable, "-m", "proxy", "install-extension", "--pg-config", str(server.bin_dir / "pg_config")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert f"{EXT}.control" in ok.stdout and "CREATE EXTENSION google_ml_integration" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "proxy", "install-extension", "--pg-config", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode == 1 and "pg-model-proxy install-extension:" in bad.stderr
