@@ -20,7 +20,7 @@ from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, cast
 
 from . import upstream
-from .intercept import PARSE, QUERY, Forward, Held, split
+from .intercept import Forward, Held, split
 from .sql.rewrite import Rewriter, may_need_rewrite
 from .wire import messages as m
 from .wire.cycle import QueryCycle
@@ -84,7 +84,7 @@ class Session(asyncio.Protocol):
             oversize_ok=True,
             track_offsets=True,
         )
-        self.server_scanner = MessageScanner(keep=_SERVER_KEEP, track_offsets=True)
+        self.server_scanner = MessageScanner(keep=_SERVER_KEEP)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buffer = bytearray()  # client bytes read before the relay starts
         self._tls = False
@@ -224,16 +224,15 @@ class Session(asyncio.Protocol):
                     self.upstream.write(data[: scanner.valid_prefix])
             self._fail(exc)
             return
-        hold = [
-            type_code in (QUERY, PARSE) and body is not None and may_need_rewrite(body)
-            for type_code, body in events
-        ] if events else []
-        if not self._queue and self._inspecting is None and not any(hold):
+        # Only Query and Parse bodies are kept on this side, so a body means one of them.
+        inspect = any(body is not None and may_need_rewrite(body) for _, body in events) if events else False
+        if not inspect and not self._queue and self._inspecting is None:
             if events:
                 self._client_events(events)  # the fast path: relay the chunk as it came
             assert self.upstream is not None
             self.upstream.write(data)
             return
+        hold = [body is not None and may_need_rewrite(body) for _, body in events]
         self._queue.extend(split(data, events, list(scanner.offsets), hold))
         self._drain()
 
@@ -283,7 +282,7 @@ class Session(asyncio.Protocol):
             return
         if rewrite.tags:
             self._tag_rewrites.extend(t.encode() if t else None for t in rewrite.tags)
-            self.server_scanner.keep_also(_SERVER_KEEP + b"CI")
+            self.server_scanner.keep_also(_SERVER_KEEP + b"CI", track_offsets=True)
         log.debug("client %s: statement rewritten", self.peer)
         self.upstream.write(held.with_sql(rewrite.sql))
 
@@ -359,7 +358,7 @@ class Session(asyncio.Protocol):
                     cursor = end
             elif type_code == _READY_FOR_QUERY and self.cycle.pending <= 1:
                 self._tag_rewrites.clear()  # the cycle is over: forget what was not seen
-                self.server_scanner.keep_also(_SERVER_KEEP)
+                self.server_scanner.keep_also(_SERVER_KEEP, track_offsets=False)
         if cursor == 0:
             return data
         out += data[cursor:]

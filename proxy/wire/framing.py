@@ -81,9 +81,13 @@ class MessageScanner:
         """True when everything fed so far ends exactly at a message boundary."""
         return self._remaining == 0 and not self._partial_header
 
-    def keep_also(self, types: bytes) -> None:
-        """Change which types are kept from the next feed on (e.g. CommandComplete while rewriting)."""
+    def keep_also(self, types: bytes, *, track_offsets: bool | None = None) -> None:
+        """Change which types are kept (and whether offsets are tracked) from the next feed on,
+        e.g. CommandComplete while the session restores rewritten statements' tags."""
         self._keep = frozenset(types)
+        if track_offsets is not None:
+            self._track_offsets = track_offsets
+            self.offsets = []
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume one chunk; return events for noted and kept types, in stream order.
