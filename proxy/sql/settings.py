@@ -54,6 +54,8 @@ def pg_settings_subquery() -> str:
         "SELECT (pg_catalog.jsonb_populate_record(NULL::pg_catalog.pg_settings, pg_catalog.jsonb_build_object("
         "'name', d.name, 'setting', d.value, 'vartype', 'bool', 'context', 'user', "
         "'category', 'Customized Options', 'short_desc', d.descr, 'boot_val', d.boot, "
+        # Where a placeholder's value came from is not knowable from SQL: 'default' when it
+        # is the default, else 'session' (it may really be a role, database or file setting).
         "'reset_val', d.value, 'source', CASE WHEN d.value = d.boot THEN 'default' ELSE 'session' END, "
         "'pending_restart', false))).* "
         f"FROM (VALUES {rows}) AS d(name, boot, descr, value)"

@@ -112,3 +112,31 @@ def test_multi_statement_query_with_show_in_the_middle(proxy):
         assert results == [(b"SELECT 1", b"1"), (b"SHOW", b"on"), (b"SELECT 1", b"3")]
     finally:
         conn.close()
+
+
+def test_alter_system_and_alter_database_set_reach_new_sessions(proxy, database):
+    name = f"settings_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute("ALTER SYSTEM SET google_ml_integration.enable_preview_ai_functions = on")
+        conn.execute("SELECT pg_reload_conf()")
+        conn.execute(f"ALTER DATABASE {name} SET {SUPPORT} = off")
+    try:
+        def preview_on() -> bool:
+            with psycopg.connect(proxy.dsn(database=name)) as c:
+                return c.execute("SHOW google_ml_integration.enable_preview_ai_functions").fetchone() == ("on",)
+
+        from tests.support import wait_until
+
+        assert wait_until(preview_on)  # the reload reaches new backends asynchronously
+        with psycopg.connect(proxy.dsn(database=name)) as conn:
+            assert conn.execute(f"SHOW {SUPPORT}").fetchone() == ("off",)
+            assert conn.execute(
+                "SELECT setting FROM pg_settings WHERE name = "
+                "'google_ml_integration.enable_preview_ai_functions'"
+            ).fetchone() == ("on",)
+    finally:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET google_ml_integration.enable_preview_ai_functions")
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
