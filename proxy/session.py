@@ -44,12 +44,13 @@ _TERMINATE = m.TERMINATE[0]
 _BACKEND_KEY_DATA = m.BACKEND_KEY_DATA[0]
 _ERROR_RESPONSE = m.ERROR_RESPONSE[0]
 _READY_FOR_QUERY = m.READY_FOR_QUERY[0]
+_PARAMETER_STATUS = m.PARAMETER_STATUS[0]
 _COMMAND_COMPLETE = ord("C")
 _STATEMENT_DONE = frozenset(b"CI")  # CommandComplete, EmptyQueryResponse
 # Query and Parse bodies are kept (up to this size) for the cheap interception test.
 INSPECT_LIMIT = 1 << 20
 _CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QP")
-_SERVER_KEEP = QueryCycle.BACKEND_KEEP + b"KE"
+_SERVER_KEEP = QueryCycle.BACKEND_KEEP + b"KES"  # + BackendKeyData, ErrorResponse, ParameterStatus
 _EXTENSION_PROBE = (
     "SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'google_ml_integration'"
 )
@@ -75,6 +76,7 @@ class Session(asyncio.Protocol):
         self.peer = "?"
         self.startup: StartupMessage | None = None
         self.cancel_key: tuple[int, bytes] | None = None
+        self.server_major = 0  # from the server's ParameterStatus server_version
         self.cycle = QueryCycle()
         self.client_scanner = MessageScanner(
             note=_CLIENT_NOTE,
@@ -268,7 +270,7 @@ class Session(asyncio.Protocol):
         rewrite = None
         try:
             emulated = await self._extension_emulated()
-            rewrite = Rewriter(emulated=emulated).rewrite(held.sql())
+            rewrite = Rewriter(emulated=emulated, server_major=self.server_major).rewrite(held.sql())
         except (ValueError, ServerError) as exc:
             log.warning("client %s: statement passed on unchanged: %s", self.peer, exc)
         except Exception:
@@ -384,6 +386,11 @@ class Session(asyncio.Protocol):
                 (pid,) = struct.unpack_from("!I", body)
                 self.cancel_key = (pid, bytes(body[4:]))
                 self.server.register_cancel_key(self)
+            elif type_code == _PARAMETER_STATUS and body is not None:
+                name, _, value = body.partition(b"\0")
+                if name == b"server_version":
+                    digits = value.split(b".", 1)[0]
+                    self.server_major = int(digits) if digits.isdigit() else 0
             elif type_code == _ERROR_RESPONSE:
                 if body is not None:
                     severity = m.parse_error_fields(body).get("V", "")

@@ -47,8 +47,9 @@ class Rewrite:
 class Rewriter:
     """Rewrites statement text for one server: `emulated` says whether the extension is emulated."""
 
-    def __init__(self, *, emulated: bool) -> None:
+    def __init__(self, *, emulated: bool, server_major: int = 0) -> None:
         self.emulated = emulated
+        self.server_major = server_major  # 0 when unknown
 
     def rewrite(self, sql: str) -> Rewrite | None:
         try:
@@ -78,6 +79,16 @@ class Rewriter:
         if isinstance(node, ast.VariableShowStmt) and node.name and node.name.lower() in settings.SETTINGS:
             tag[0] = "SHOW"
             return settings.show_sql(node.name.lower())
+        if (
+            isinstance(node, ast.AlterSystemStmt)
+            and node.setstmt is not None
+            and 0 < self.server_major < 17
+            and (node.setstmt.name or "").lower() in settings.SETTINGS
+        ):
+            # Before PostgreSQL 17, ALTER SYSTEM refuses placeholder settings; the closest
+            # cluster-wide equivalent (superuser only, new sessions) is ALTER ROLE ALL.
+            tag[0] = "ALTER SYSTEM"
+            return "ALTER ROLE ALL " + RawStream()(node.setstmt)
         if self.emulated:
             replaced = self._extension_statement(node, text, tag)
             if replaced is not None:

@@ -118,7 +118,10 @@ def test_alter_system_and_alter_database_set_reach_new_sessions(proxy, database)
     name = f"settings_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-        conn.execute("ALTER SYSTEM SET google_ml_integration.enable_preview_ai_functions = on")
+        # (before PostgreSQL 17 the proxy turns this into ALTER ROLE ALL SET)
+        assert conn.execute(
+            "ALTER SYSTEM SET google_ml_integration.enable_preview_ai_functions = on"
+        ).statusmessage == "ALTER SYSTEM"
         conn.execute("SELECT pg_reload_conf()")
         conn.execute(f"ALTER DATABASE {name} SET {SUPPORT} = off")
     try:

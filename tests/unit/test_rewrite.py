@@ -121,3 +121,18 @@ def test_held_parse_keeps_name_and_parameter_types():
     body = b"stmt1\0show google_ml_integration.x\0" + struct.pack("!HI", 1, 25)
     held = Held(ord("P"), body, msg(b"P", body))
     assert held.with_sql("select $1") == msg(b"P", b"stmt1\0select $1\0" + struct.pack("!HI", 1, 25))
+
+
+@pytest.mark.parametrize("major, rewritten", [(15, True), (16, True), (17, False), (18, False), (0, False)])
+def test_alter_system_of_a_placeholder_before_postgres_17(major, rewritten):
+    rewrite = Rewriter(emulated=False, server_major=major).rewrite(
+        "ALTER SYSTEM SET google_ml_integration.enable_model_support = off"
+    )
+    if not rewritten:
+        assert rewrite is None
+    else:
+        assert rewrite is not None
+        assert rewrite.sql == "ALTER ROLE ALL SET google_ml_integration.enable_model_support TO 'off'"
+        assert rewrite.tags == ["ALTER SYSTEM"]
+    # Other settings are the server's business.
+    assert Rewriter(emulated=False, server_major=major).rewrite("ALTER SYSTEM SET work_mem = '8MB'") is None
