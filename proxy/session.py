@@ -215,28 +215,26 @@ class Session(asyncio.Protocol):
 
     def _relay_client_data(self, data: bytes) -> None:
         scanner = self.client_scanner
+        violation = None
         try:
             events = scanner.feed(data)
         except ProtocolViolation as exc:
-            if self._queue or self._inspecting is not None:
-                self._queue.append(Forward(data[: scanner.valid_prefix], exc.events))
-            else:
-                self._client_events(exc.events)
-                if scanner.valid_prefix and self.upstream is not None:
-                    self.upstream.write(data[: scanner.valid_prefix])
-            self._fail(exc)
-            return
+            # What came before the bad header is valid and is handled like any chunk.
+            violation, events, data = exc, exc.events, data[: scanner.valid_prefix]
         # Only Query and Parse bodies are kept on this side, so a body means one of them.
         inspect = any(body is not None and may_need_rewrite(body) for _, body in events) if events else False
         if not inspect and not self._queue and self._inspecting is None:
             if events:
                 self._client_events(events)  # the fast path: relay the chunk as it came
             assert self.upstream is not None
-            self.upstream.write(data)
-            return
-        hold = [body is not None and may_need_rewrite(body) for _, body in events]
-        self._queue.extend(split(data, events, list(scanner.offsets), hold))
-        self._drain()
+            if data:
+                self.upstream.write(data)
+        else:
+            hold = [body is not None and may_need_rewrite(body) for _, body in events]
+            self._queue.extend(split(data, events, list(scanner.offsets), hold))
+            self._drain()
+        if violation is not None:
+            self._fail(violation)
 
     def _drain(self) -> None:
         """Relay queued segments in order; a held message is inspected before what follows."""
@@ -254,6 +252,8 @@ class Session(asyncio.Protocol):
         if self._queue or self._inspecting is not None:
             if self.client is not None:
                 self.client.pause_reading()  # bounded: nothing more is read meanwhile
+        elif self._deferred_error is not None and self._deferred_done():
+            self._close(client_error=self._deferred_error)
         else:
             self._resume_client()
 
@@ -527,6 +527,8 @@ class Session(asyncio.Protocol):
             self._close(client_error=error)
 
     def _deferred_done(self) -> bool:
+        if self._queue or self._inspecting is not None:
+            return False  # held client messages still have to reach the server
         return self.cycle.idle if self._deferred_until_idle else self.cycle.pending == 0
 
     def abort_for_shutdown(self) -> None:

@@ -184,3 +184,14 @@ def test_many_pipelined_small_messages_in_one_write(proxy):
     assert rows[-1].endswith(b"1999")
     conn.send(msg(b"X"))
     assert conn.read_to_close() == []
+
+
+def test_garbage_behind_a_held_statement_still_gets_it_answered(proxy):
+    # The SHOW is held for inspection (slow path) when the garbage arrives behind it.
+    conn = RawConnection.open(proxy.host, proxy.port)
+    conn.startup()
+    conn.send(query("SHOW google_ml_integration.enable_model_support") + b"\x00junk")
+    messages = conn.read_to_close()
+    assert (b"C", b"SHOW\x00") in messages
+    errors = [error_fields(b) for t, b in messages if t == b"E"]
+    assert errors and errors[-1]["C"] == "08P01"
