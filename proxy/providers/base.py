@@ -1,0 +1,229 @@
+"""The provider interface: what the engine asks of each provider module.
+
+A provider turns a batch of texts into one HTTP request and its answer back into vectors in
+input order, says how many texts fit in a request, sends `predict_row` bodies unchanged and
+returns the JSON it gets back, says how a secret is attached to a request, and reads its own
+error bodies. Everything around that (deduplication, batching, retries, deadlines, concurrency,
+credentials, secret scrubbing) is the engine's, once for all providers.
+
+Providers are stateless singletons; the engine's settings are passed in where URLs are built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import httpx
+
+from proxy.engine.errors import BadModelResponse, ModelConfigError
+from proxy.engine.models import ModelConfig
+from proxy.engine.retry import is_retryable_status, parse_retry_after
+from proxy.engine.settings import EngineSettings
+
+MAX_ERROR_MESSAGE = 1000  # characters of a provider's error message kept in ours
+
+Vector = list[float]
+
+
+class Provider:
+    """Base class: a provider that serves `predict_row` by passing bodies through, with Bearer auth."""
+
+    name: ClassVar[str] = ""  # the google_ml.model_provider value
+    label: ClassVar[str] = ""  # how error messages name it
+    # Transform functions the provider's native embedding path stands in for
+    builtin_transforms: ClassVar[frozenset[str]] = frozenset()
+    supports_embeddings: ClassVar[bool] = False
+
+    # -- authentication --------------------------------------------------------------------
+
+    def auth_headers(self, secret: str) -> dict[str, str]:
+        """How a secret value (API key, token) is attached to a request."""
+        return {"Authorization": f"Bearer {secret}"}
+
+    def default_headers(self, model: ModelConfig) -> dict[str, str]:
+        """Headers every request to the provider carries (overridable by the caller's)."""
+        return {}
+
+    # -- URLs ------------------------------------------------------------------------------
+
+    def request_url(self, model: ModelConfig, settings: EngineSettings) -> str:
+        """The URL to POST to: the registered one, with the configured base URL applied."""
+        return model.model_request_url.strip()
+
+    # -- embeddings ------------------------------------------------------------------------
+
+    def batch_limit(self, model: ModelConfig) -> int:
+        """Most texts one embedding request may carry."""
+        return 1
+
+    def batch_char_budget(self, model: ModelConfig) -> int | None:
+        """Most characters one embedding request should carry (None: no limit).
+
+        A stand-in for providers' per-request token limits.
+        """
+        return None
+
+    def embedding_request(
+        self,
+        model: ModelConfig,
+        texts: Sequence[str],
+        settings: EngineSettings,
+        headers: Mapping[str, str],
+    ) -> httpx.Request:
+        """The request that embeds `texts` (at most `batch_limit(model)` of them)."""
+        raise ModelConfigError(
+            f"{self.label} has no built-in embedding support; register input and output "
+            "transform functions",
+            model_id=model.model_id,
+        )
+
+    def parse_embeddings(
+        self, model: ModelConfig, response: httpx.Response, count: int
+    ) -> list[Vector]:
+        """The `count` vectors of a 2xx response, in the order the texts were sent."""
+        raise NotImplementedError
+
+    # -- predict_row -----------------------------------------------------------------------
+
+    def predict_request(
+        self,
+        model: ModelConfig,
+        body: Any,
+        settings: EngineSettings,
+        headers: Mapping[str, str],
+    ) -> httpx.Request:
+        """The request sending `body` unchanged to the model's URL."""
+        return self.post(model, self.request_url(model, settings), json_content(body), headers)
+
+    def parse_prediction(self, model: ModelConfig, response: httpx.Response) -> Any:
+        """The JSON of a 2xx response, as is."""
+        return self.response_json(model, response)
+
+    # -- errors and retries ----------------------------------------------------------------
+
+    def error_message(self, response: httpx.Response) -> str:
+        """The provider's own explanation of an HTTP error, from its JSON error body."""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        message = find_error_message(data)
+        if not message:
+            message = (
+                " ".join(response.text.split()) or response.reason_phrase or "(empty response)"
+            )
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[: MAX_ERROR_MESSAGE - 3] + "..."
+        return message
+
+    def retryable(self, response: httpx.Response) -> bool:
+        """Whether an HTTP error response is worth another attempt."""
+        return is_retryable_status(response.status_code)
+
+    def retry_after(self, response: httpx.Response, now: float) -> float | None:
+        """Seconds the provider asks us to wait before retrying (`now`: Unix time)."""
+        return parse_retry_after(response.headers.get("retry-after"), now)
+
+    # -- helpers for subclasses --------------------------------------------------------------
+
+    def post(
+        self, model: ModelConfig, url: str, content: bytes, headers: Mapping[str, str]
+    ) -> httpx.Request:
+        """A JSON POST with the provider's default headers, then `headers` over them."""
+        merged = httpx.Headers({"Content-Type": "application/json", "Accept": "application/json"})
+        merged.update(self.default_headers(model))
+        merged.update(headers)
+        try:
+            return httpx.Request("POST", url, content=content, headers=merged)
+        except httpx.InvalidURL as exc:
+            raise ModelConfigError(
+                f"invalid request URL {url!r}: {exc}", model_id=model.model_id
+            ) from None
+
+    def bad(self, model: ModelConfig, what: str) -> BadModelResponse:
+        return BadModelResponse(
+            f"unexpected response from {self.label}: {what}", model_id=model.model_id
+        )
+
+    def response_json(self, model: ModelConfig, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            snippet = " ".join(response.text[:200].split())
+            raise self.bad(model, f"not JSON: {snippet!r}") from None
+
+    def vector(self, model: ModelConfig, value: Any, where: str) -> Vector:
+        """`value` as a non-empty list of finite floats, or BadModelResponse naming `where`."""
+        if not isinstance(value, list) or not value:
+            raise self.bad(model, f"{where} is not a non-empty list of numbers")
+        # Fast path: a JSON array of non-integral numbers decodes to floats only
+        if all(type(x) is float for x in value) and math.isfinite(math.fsum(value)):
+            return value
+        out: Vector = []
+        for i, x in enumerate(value):
+            if isinstance(x, bool) or not isinstance(x, int | float):
+                raise self.bad(model, f"{where}[{i}] is not a number: {json.dumps(x)[:40]}")
+            number = float(x)
+            if not math.isfinite(number):
+                raise self.bad(model, f"{where}[{i}] is not a finite number: {x!r}")
+            out.append(number)
+        return out
+
+    def model_name(self, model: ModelConfig) -> str:
+        """The model's name: the qualified name, else the last segment of its URL."""
+        if model.model_qualified_name:
+            return model.model_qualified_name
+        return model.model_request_url.rstrip("/").rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def json_content(body: Any) -> bytes:
+    """The bytes to send for a JSON body: str and bytes are JSON text already and go as they are."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def rebase(url: str, origins: Iterable[str], base: str | None) -> str:
+    """`url` with a leading public origin (e.g. https://api.openai.com) replaced by `base`."""
+    if base is None:
+        return url
+    lowered = url.lower()
+    for origin in origins:
+        origin = origin.lower().rstrip("/")
+        if lowered.startswith(origin) and (len(url) == len(origin) or url[len(origin)] in "/?#"):
+            return base.rstrip("/") + url[len(origin) :]
+    return url
+
+
+def find_error_message(data: Any) -> str | None:
+    """The message in the common JSON error shapes.
+
+    OpenAI `{"error": {"message"}}`, Anthropic `{"type": "error", "error": {"message"}}`,
+    Google `{"error": {"code", "message", "status"}}` (in an array for streaming), Hugging Face
+    `{"error": "..."}` or `{"error": ["..."]}`, FastAPI `{"detail": ...}`, bare `{"message"}`.
+    """
+    if isinstance(data, list) and data:
+        return find_error_message(data[0])
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and message.strip():
+            return message.strip()
+    if isinstance(error, str) and error.strip():
+        return error.strip()
+    if isinstance(error, list) and error and all(isinstance(e, str) for e in error):
+        return "; ".join(error)
+    for key in ("message", "detail", "error_description"):
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        if key == "detail" and value:
+            return json.dumps(value)
+    return None
