@@ -21,6 +21,8 @@ from pathlib import Path
 from .extension import EXTENSION, extension_files
 
 SCHEMA = "google_ml"
+# Objects the scripts create outside schema google_ml (AlloyDB's legacy names).
+LEGACY_FUNCTIONS = ("public.embedding(varchar, text)", "public.ml_predict_row(varchar, json)")
 MARKER = "emulated by pg-model-proxy"
 _MARKER_TEST = (
     f"SELECT FROM pg_catalog.pg_namespace WHERE nspname = '{SCHEMA}' "
@@ -201,9 +203,16 @@ def drop_extension(*, missing_ok: bool, cascade: bool) -> str:
             " HINT = 'Use DROP ... CASCADE to drop the dependent objects too.'; END IF;\n"
         )
     )
+    # The extension's own objects outside its schema go first (RESTRICT still refuses if a
+    # user object, e.g. a generated column, uses them).
+    behaviour = "CASCADE" if cascade else "RESTRICT"
+    legacy = "".join(
+        f"  DROP FUNCTION IF EXISTS {signature} {behaviour};\n" for signature in LEGACY_FUNCTIONS
+    )
     return (
         "DO $pgmp$\nBEGIN\n"
         f"  IF NOT EXISTS ({_MARKER_TEST}) THEN {missing} END IF;\n"
+        f"{legacy}"
         f"{restrict}"
         f"  DROP SCHEMA {SCHEMA} CASCADE;\n"
         "END $pgmp$"

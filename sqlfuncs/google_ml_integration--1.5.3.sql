@@ -4,8 +4,9 @@
 --
 -- What lives in the database: the registry of model endpoints and secret references, the
 -- procedures that manage them (with the validation AlloyDB users rely on), the built-in
--- transform and header functions, and the list of models with built-in support. Calling a
--- model (google_ml.embedding, predict_row) is the proxy's business and not defined here.
+-- transform and header functions, the list of models with built-in support, and the
+-- prediction functions (google_ml.embedding, predict_row), which look up answers the proxy
+-- stored for this session: the proxy makes every model call (see the last section).
 --
 -- Conventions of this file:
 --   * Everything lives in schema google_ml, which the script creates (so DROP EXTENSION
@@ -26,6 +27,10 @@
 --       42883 undefined_function          a transform/header function that does not exist
 --       42804 datatype_mismatch           a transform/header function with the wrong signature
 --       2BP01 dependent_objects_still_exist a secret still used by a model
+--       PX001 (pg-model-proxy)           a prediction call with no stored result: the
+--                                         statement did not go through pg-model-proxy
+--       PX002 (pg-model-proxy)           notice of a prediction call seen in collect mode
+--       55000 object_not_in_prerequisite_state  model support switched off
 --   * Function bodies are quoted with $gml$, never with the empty tag (two dollar signs,
 --     not even in a comment): in emulated mode the proxy may run this script from inside a
 --     client's DO block quoted with the empty tag, which it would end.
@@ -859,3 +864,151 @@ VALUES
      'gemini-1.5-pro:streamGenerateContent', 'alloydb_service_agent_iam', NULL, NULL),
     ('gemini-1.0-pro:generateContent', 'publishers/google/models/gemini-1.0-pro:generateContent', 'google', 'generic',
      'gemini-1.0-pro:generateContent', 'alloydb_service_agent_iam', NULL, NULL);
+
+-- ---------------------------------------------------------------------------------------
+-- Prediction functions
+--
+-- The proxy makes every model call ("pre-warm, then forward"). Before it forwards a
+-- statement that calls these functions, it stores each call's answer in this session's
+-- results store, the temporary table google_ml_results, keyed by google_ml._call_key();
+-- the functions only look the answer up. So they can be IMMUTABLE, as AlloyDB declares
+-- them: a STORED generated column may call them, and `ORDER BY emb <=>
+-- google_ml.embedding('m', $1)::vector` is folded at plan time and uses the index. They are
+-- PARALLEL RESTRICTED because parallel workers cannot read a temporary table.
+--
+-- No stored answer: in collect mode (the proxy runs the statement once with the
+-- placeholder setting pg_model_proxy.collect = on, then rolls it back) the call is reported
+-- as a NOTICE with SQLSTATE PX001's twin PX002 and its arguments as JSON in DETAIL, and a
+-- placeholder flows on (a unit vector of the model's dimension when the store knows it, so
+-- casts to vector(n) and constraints pass). Otherwise the call fails with PX001: the
+-- statement did not come through pg-model-proxy.
+-- ---------------------------------------------------------------------------------------
+
+-- The store's key for one call: the database computes it, so the proxy and the functions
+-- can never disagree. Parts are length-prefixed (text cannot hold a separator byte that
+-- input could not contain).
+CREATE FUNCTION google_ml._call_key(fn text, model_id text, input text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+RETURN encode(sha256(convert_to(
+    length(fn)::text || ':' || fn || length(model_id)::text || ':' || model_id || input, 'UTF8')), 'hex');
+COMMENT ON FUNCTION google_ml._call_key(text, text, text) IS 'Key of one prediction call in the session results store (internal)';
+
+-- Creates this session's results store if it does not exist yet (the proxy calls it).
+CREATE FUNCTION google_ml._results_store()
+RETURNS void
+LANGUAGE plpgsql
+AS $gml$
+BEGIN
+    IF to_regclass('pg_temp.google_ml_results') IS NULL THEN
+        CREATE TEMPORARY TABLE google_ml_results (
+            key text PRIMARY KEY,       -- google_ml._call_key(fn, model_id, input), or 'dim:' || model_id
+            embedding real[],           -- the answer of google_ml.embedding
+            response json               -- the answer of google_ml.predict_row
+        );
+    END IF;
+END
+$gml$;
+COMMENT ON FUNCTION google_ml._results_store() IS 'Creates the session results store of pg-model-proxy (internal)';
+
+CREATE FUNCTION google_ml._check_model_support()
+RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $gml$
+BEGIN
+    IF lower(coalesce(nullif(current_setting('google_ml_integration.enable_model_support', true), ''), 'on'))
+            IN ('off', 'false', '0', 'no') THEN
+        RAISE EXCEPTION 'model support is disabled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'SET google_ml_integration.enable_model_support = on';
+    END IF;
+END
+$gml$;
+
+-- What a miss does: report it (collect mode) or fail. Returns true in collect mode.
+CREATE FUNCTION google_ml._miss(fn text, model_id text, input text)
+RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+AS $gml$
+DECLARE
+    call text := json_build_object('fn', fn, 'model_id', model_id, 'input', input)::text;
+BEGIN
+    IF current_setting('pg_model_proxy.collect', true) = 'on' THEN
+        RAISE NOTICE 'pg-model-proxy: model call' USING ERRCODE = 'PX002', DETAIL = call;
+        RETURN true;
+    END IF;
+    RAISE EXCEPTION 'google_ml.%: no result for this call of model "%"', fn, model_id
+        USING ERRCODE = 'PX001', DETAIL = call,
+              HINT = 'Model calls are made by pg-model-proxy: run the statement through the proxy.';
+END
+$gml$;
+
+CREATE FUNCTION google_ml.embedding(model_id varchar, content text)
+RETURNS real[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL RESTRICTED
+AS $gml$
+DECLARE
+    found real[];
+    dim integer;
+BEGIN
+    PERFORM google_ml._check_model_support();
+    IF model_id IS NULL OR content IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF to_regclass('pg_temp.google_ml_results') IS NOT NULL THEN
+        EXECUTE 'SELECT embedding FROM pg_temp.google_ml_results WHERE key = $1'
+            INTO found USING google_ml._call_key('embedding', model_id, content);
+        IF found IS NOT NULL THEN
+            RETURN found;
+        END IF;
+    END IF;
+    PERFORM google_ml._miss('embedding', model_id, content);
+    -- Collect mode: a placeholder of the model's dimension when known (a unit vector, so
+    -- cosine distance and HNSW inserts work), else a one-element one.
+    IF to_regclass('pg_temp.google_ml_results') IS NOT NULL THEN
+        EXECUTE 'SELECT cardinality(embedding) FROM pg_temp.google_ml_results WHERE key = $1'
+            INTO dim USING 'dim:' || model_id;
+    END IF;
+    dim := coalesce(dim, 1);
+    RETURN array_fill((1 / sqrt(dim))::real, ARRAY[dim]);
+END
+$gml$;
+COMMENT ON FUNCTION google_ml.embedding(varchar, text) IS 'The embedding of content by a text_embedding model (answered by pg-model-proxy)';
+
+CREATE FUNCTION google_ml.predict_row(model_id varchar, request_body json)
+RETURNS json
+LANGUAGE plpgsql IMMUTABLE PARALLEL RESTRICTED
+AS $gml$
+DECLARE
+    found json;
+BEGIN
+    PERFORM google_ml._check_model_support();
+    IF model_id IS NULL OR request_body IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF to_regclass('pg_temp.google_ml_results') IS NOT NULL THEN
+        EXECUTE 'SELECT response FROM pg_temp.google_ml_results WHERE key = $1'
+            INTO found USING google_ml._call_key('predict_row', model_id, request_body::text);
+        IF found IS NOT NULL THEN
+            RETURN found;
+        END IF;
+    END IF;
+    PERFORM google_ml._miss('predict_row', model_id, request_body::text);
+    RETURN '[]'::json;  -- collect mode: ->, ->> and json_array_elements all accept it
+END
+$gml$;
+COMMENT ON FUNCTION google_ml.predict_row(varchar, json) IS 'The raw JSON response of a model to request_body (answered by pg-model-proxy)';
+
+-- The legacy names, in schema public as in AlloyDB. SQL-standard bodies record their
+-- dependency on the google_ml functions.
+CREATE FUNCTION public.embedding(model_id varchar, content text)
+RETURNS real[]
+LANGUAGE sql IMMUTABLE PARALLEL RESTRICTED
+RETURN google_ml.embedding(model_id, content);
+COMMENT ON FUNCTION public.embedding(varchar, text) IS 'Legacy name of google_ml.embedding';
+
+CREATE FUNCTION public.ml_predict_row(model_id varchar, request_body json)
+RETURNS json
+LANGUAGE sql IMMUTABLE PARALLEL RESTRICTED
+RETURN google_ml.predict_row(model_id, request_body);
+COMMENT ON FUNCTION public.ml_predict_row(varchar, json) IS 'Legacy name of google_ml.predict_row';

@@ -281,3 +281,19 @@ def test_install_extension_command(database, tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 1 and "pg-model-proxy install-extension:" in bad.stderr
+
+
+def test_drop_refuses_while_a_generated_column_uses_embedding(mode_proxy, dbname):
+    with connect(mode_proxy, dbname) as conn:
+        conn.execute(f"CREATE EXTENSION {EXT}")
+        conn.execute(
+            "CREATE TABLE docs (content text, emb real[] GENERATED ALWAYS AS (embedding('m', content)) STORED)"
+        )
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist):
+            conn.execute(f"DROP EXTENSION {EXT}")
+        assert conn.execute("SELECT to_regprocedure('public.embedding(varchar,text)')").fetchone()[0]
+        conn.execute(f"DROP EXTENSION {EXT} CASCADE")
+        assert conn.execute("SELECT to_regprocedure('public.embedding(varchar,text)')").fetchone() == (None,)
+        assert conn.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'docs' AND column_name = 'emb'"
+        ).fetchone() == (0,)
