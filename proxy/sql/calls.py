@@ -1,0 +1,130 @@
+"""Where a statement calls the prediction functions, and what the proxy can know beforehand.
+
+The "pre-warm, then forward" design (DESIGN.md §2) needs, before a statement is forwarded,
+every prediction call's arguments:
+
+- constant calls: arguments are literals, bind parameters or expressions of them (no
+  column): the proxy evaluates them (`SELECT <args>` with the same parameters), calls the
+  model and stores the answers; one round trip;
+- row-dependent calls: an argument refers to a column (or anything the proxy cannot
+  evaluate on its own): the collect run finds the actual arguments.
+
+Calls hidden in views, triggers, generated columns or functions are not visible in the
+statement text at all; the collect run (and the catalog of hiding relations) covers them.
+Not wired into sessions yet: issue 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pglast
+from pglast import ast
+from pglast.stream import RawStream
+from pglast.visitors import Visitor
+
+# (schema or None, name) -> the function's kind, as the results store keys it
+PREDICTION_FUNCTIONS = {
+    ("google_ml", "embedding"): "embedding",
+    (None, "embedding"): "embedding",
+    ("public", "embedding"): "embedding",
+    ("google_ml", "predict_row"): "predict_row",
+    (None, "ml_predict_row"): "predict_row",
+    ("public", "ml_predict_row"): "predict_row",
+}
+_PARAMETER_NAMES = {"embedding": ("model_id", "content"), "predict_row": ("model_id", "request_body")}
+_MARKERS = (b"embedding", b"predict_row")
+
+
+def may_call_models(query: bytes) -> bool:
+    """Cheap pre-test on a Query/Parse body for a visible prediction call."""
+    lowered = query.lower()
+    return any(marker in lowered for marker in _MARKERS)
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """One call in the statement text.
+
+    `arguments` are SQL expressions (model id, input) in the function's parameter order,
+    ready for `SELECT <model>, <input>` with the statement's own parameters; `constant`
+    says whether they can be evaluated without a row.
+    """
+
+    kind: str  # "embedding" or "predict_row"
+    arguments: tuple[str, str]
+    constant: bool
+
+
+def find_calls(sql: str) -> list[CallSite]:
+    """Every visible prediction call in `sql` (all statements; order not significant)."""
+    try:
+        statements = pglast.parse_sql(sql)
+    except pglast.parser.ParseError:
+        return []
+    finder = _CallFinder()
+    for raw in statements:
+        if raw.stmt is not None:
+            finder(raw.stmt)
+    return finder.calls
+
+
+class _CallFinder(Visitor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[CallSite] = []
+
+    def visit_FuncCall(self, ancestors: object, node: ast.FuncCall) -> None:
+        names = [getattr(n, "sval", "") for n in node.funcname or ()]
+        key = (names[0], names[1]) if len(names) == 2 else (None, names[0]) if names else (None, "")
+        kind = PREDICTION_FUNCTIONS.get(key)
+        if kind is None:
+            return
+        arguments = _in_parameter_order(kind, node.args or ())
+        if arguments is None:
+            return  # wrong arity or unknown names: the server will report it
+        self.calls.append(
+            CallSite(kind, tuple(RawStream()(a) for a in arguments), all(_is_constant(a) for a in arguments))  # type: ignore[arg-type]
+        )
+
+
+def _in_parameter_order(kind: str, args: tuple[ast.Node, ...]) -> list[ast.Node] | None:
+    names = _PARAMETER_NAMES[kind]
+    if len(args) != 2:
+        return None
+    slots: list[ast.Node | None] = [None, None]
+    position = 0
+    for arg in args:
+        if isinstance(arg, ast.NamedArgExpr):
+            if arg.name not in names:
+                return None
+            slots[names.index(arg.name)] = arg.arg
+        else:
+            slots[position] = arg
+            position += 1
+    if any(s is None for s in slots):
+        return None
+    return [s for s in slots if s is not None]
+
+
+class _ColumnFinder(Visitor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.row_dependent = False
+
+    def visit_ColumnRef(self, ancestors: object, node: ast.Node) -> None:
+        self.row_dependent = True
+
+    def visit_SubLink(self, ancestors: object, node: ast.Node) -> None:
+        self.row_dependent = True  # a subquery: leave it to the collect run
+
+    def visit_FuncCall(self, ancestors: object, node: ast.FuncCall) -> None:
+        names = [getattr(n, "sval", "") for n in node.funcname or ()]
+        if names and names[-1] in ("random", "nextval", "clock_timestamp", "now", "currval"):
+            self.row_dependent = True  # volatile: evaluating it separately would differ
+
+
+def _is_constant(node: ast.Node) -> bool:
+    finder = _ColumnFinder()
+    finder(node)
+    return not finder.row_dependent

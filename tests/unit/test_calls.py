@@ -1,0 +1,65 @@
+"""Finding prediction call sites in statement text (no server)."""
+
+import pytest
+
+from proxy.sql.calls import CallSite, find_calls, may_call_models
+
+
+def test_cheap_test():
+    assert may_call_models(b"SELECT google_ml.EMBEDDING('m', 'q')")
+    assert may_call_models(b"select ml_predict_row('m', '{}')")
+    assert not may_call_models(b"select * from items where id = 1")
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        (
+            "SELECT google_ml.embedding(model_id => 'text-embedding-005', content => 'AlloyDB is ...')",
+            [CallSite("embedding", ("'text-embedding-005'", "'AlloyDB is ...'"), True)],
+        ),
+        ("SELECT embedding('m', 'q')::vector", [CallSite("embedding", ("'m'", "'q'"), True)]),
+        (
+            "SELECT id FROM items ORDER BY emb <=> google_ml.embedding('m', $1)::vector LIMIT 10",
+            [CallSite("embedding", ("'m'", "$1"), True)],
+        ),
+        (
+            "UPDATE items SET emb = google_ml.embedding('m', description) WHERE emb IS NULL",
+            [CallSite("embedding", ("'m'", "description"), False)],
+        ),
+        (
+            "INSERT INTO items(content, emb) VALUES ('x', embedding('m', 'x')::vector)",
+            [CallSite("embedding", ("'m'", "'x'"), True)],
+        ),
+        (
+            "SELECT google_ml.embedding(content => lower($2), model_id => 'm')",
+            [CallSite("embedding", ("'m'", "lower($2)"), True)],
+        ),
+        (
+            "SELECT json_array_elements(google_ml.predict_row('gemini-1.5-pro:streamGenerateContent', "
+            "'{\"contents\": []}')) -> 'candidates'",
+            [CallSite("predict_row", ("'gemini-1.5-pro:streamGenerateContent'", "'{\"contents\": []}'"), True)],
+        ),
+        ("SELECT embedding('m', (SELECT body FROM t LIMIT 1))", [CallSite("embedding", ("'m'", "(SELECT body FROM t LIMIT 1)"), False)]),
+        ("SELECT embedding('m', 'x' || random()::text)", [CallSite("embedding", ("'m'", "'x' || CAST(random() AS text)"), False)]),
+    ],
+)
+def test_call_sites(sql, expected):
+    assert find_calls(sql) == expected
+
+
+def test_multiple_statements_and_nested_calls():
+    calls = find_calls(
+        "SELECT embedding('m', 'a'); WITH q AS (SELECT google_ml.embedding('m', $1) e) "
+        "SELECT ml_predict_row('g', json_build_object('q', 1)) FROM q"
+    )
+    assert sorted(c.kind for c in calls) == ["embedding", "embedding", "predict_row"]
+    assert all(c.constant for c in calls)
+
+
+def test_other_functions_and_bad_calls_are_ignored():
+    assert find_calls("SELECT my_schema.embedding('m', 'q')") == []
+    assert find_calls("SELECT embedding('only one')") == []
+    assert find_calls("SELECT embedding(model_id => 'm', wrong => 'q')") == []
+    assert find_calls("SELEC embedding('m', 'q')") == []
+    assert find_calls("SELECT 'embedding(''m'', ''q'')'") == []  # inside a string literal
