@@ -74,6 +74,30 @@ class Settings(BaseSettings):
         "files), emulated (the proxy answers CREATE/ALTER/DROP EXTENSION), or auto (native when "
         "the server lists the extension as available)",
     )
+    openai_base_url: str = Field("https://api.openai.com", description="OpenAI API origin")
+    anthropic_base_url: str = Field("https://api.anthropic.com", description="Anthropic API origin")
+    vertex_base_url: str = Field(
+        "https://{region}-aiplatform.googleapis.com", description="Vertex AI origin ({region} is filled in)"
+    )
+    huggingface_base_url: str | None = Field(
+        None, description="replaces the Hugging Face inference origin in model URLs"
+    )
+    google_project: str | None = Field(
+        None, description="Google Cloud project for Vertex AI models with relative URLs"
+    )
+    google_region: str = Field("us-central1", description="Vertex AI region")
+    google_key_file: Path | None = Field(
+        None,
+        description="service-account key for alloydb_service_agent_iam models and Secret Manager "
+        "(default: Application Default Credentials, when available)",
+    )
+    secret_manager_base_url: str = Field(
+        "https://secretmanager.googleapis.com", description="Google Secret Manager API origin"
+    )
+    model_timeout: float = Field(120.0, gt=0, description="seconds one HTTP attempt to a model may take")
+    max_concurrency_per_model: int = Field(
+        8, ge=1, description="HTTP requests in flight per model"
+    )
     max_clients: int = Field(1000, ge=1, description="client connections accepted at once")
     shutdown_timeout: float = Field(
         30.0, ge=0, description="seconds running statements get to finish on SIGTERM/Ctrl-C"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from . import tls, upstream
 from .config import Settings, Upstream
+from .engine.engine import Engine
+from .engine.settings import EngineSettings
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class ProxyServer:
         self.address: tuple[str, int] | None = None
         # Whether google_ml_integration is emulated on the upstream; learnt by the first session that needs it.
         self.extension_emulated: bool | None = None
+        self._engine: Engine | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         host, port = self.settings.listen_host_port
@@ -65,6 +69,8 @@ class ProxyServer:
                     session.abort_for_shutdown()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.connect_timeout)
+        for close in self._closers:
+            await close()
         if self._listener is not None:
             await self._listener.wait_closed()
 
@@ -98,8 +104,53 @@ class ProxyServer:
             self.upstream, self.upstream_tls, request, timeout=self.settings.connect_timeout
         )
 
+    def model_engine(self) -> Engine:
+        """The provider engine, with its credentials, created on first use (in the running loop)."""
+        if self._engine is None:
+            self._engine = build_engine(self.settings, self._closers)
+        return self._engine
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a background task the shutdown waits for (cancel requests)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def build_engine(settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> Engine:
+    """The engine and credentials the settings describe; closers are run at shutdown."""
+    from .secrets import default_resolver
+    from .secrets.credentials import ModelCredentials
+    from .secrets.google_auth import GoogleCredentials
+
+    google = None
+    try:
+        google = GoogleCredentials.from_key_file(settings.google_key_file)
+    except Exception as exc:  # no key file and no ADC: Google-authenticated models fail clearly later
+        log.info("no Google credentials (%s): Vertex AI and Secret Manager unavailable", type(exc).__name__)
+    resolver = default_resolver(google, secret_manager_base_url=settings.secret_manager_base_url)
+    engine = Engine(
+        EngineSettings(
+            openai_base_url=settings.openai_base_url,
+            anthropic_base_url=settings.anthropic_base_url,
+            vertex_base_url=settings.vertex_base_url,
+            huggingface_base_url=settings.huggingface_base_url,
+            google_project=settings.google_project,
+            google_region=settings.google_region,
+            request_timeout=settings.model_timeout,
+            max_concurrency_per_model=settings.max_concurrency_per_model,
+        ),
+        ModelCredentials(resolver, google),
+    )
+    closers.append(engine.aclose)
+    closers.append(resolver.aclose)
+    if google is not None:
+        close = google.close
+
+        async def close_google() -> None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+        closers.append(close_google)
+    return engine

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import struct
 from collections import deque
 from collections.abc import Coroutine
@@ -20,7 +21,9 @@ from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, cast
 
 from . import upstream
-from .intercept import Forward, Held, split
+from .intercept import PARSE, Forward, Held, split
+from .prediction import PredictionError, Prewarmer, Reply, error_statement
+from .sql.calls import find_calls, may_call_models, sql_statements
 from .sql.rewrite import Rewriter, may_need_rewrite
 from .wire import messages as m
 from .wire.cycle import QueryCycle
@@ -51,9 +54,15 @@ _STATEMENT_DONE = frozenset(b"CI")  # CommandComplete, EmptyQueryResponse
 INSPECT_LIMIT = 1 << 20
 _CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QP")
 _SERVER_KEEP = QueryCycle.BACKEND_KEEP + b"KES"  # + BackendKeyData, ErrorResponse, ParameterStatus
+_BIND_PARAMETER = re.compile(r"\$\d")
 _EXTENSION_PROBE = (
     "SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'google_ml_integration'"
 )
+
+
+def _worth_holding(body: bytes) -> bool:
+    """Cheap test: might this Query/Parse need rewriting or model calls?"""
+    return may_need_rewrite(body) or may_call_models(body)
 
 
 class State(Enum):
@@ -109,6 +118,9 @@ class Session(asyncio.Protocol):
         # Per statement of rewritten messages still to answer: the tag to restore, or None.
         self._tag_rewrites: deque[bytes | None] = deque()
         self._upstream_full = False
+        # The pre-warm of a statement's model calls, and whether the client asked to cancel it.
+        self._prewarm_task: asyncio.Task[None] | None = None
+        self._cancel_requested = False
 
     # --- client leg: asyncio callbacks -------------------------------------------------
 
@@ -222,7 +234,7 @@ class Session(asyncio.Protocol):
             # What came before the bad header is valid and is handled like any chunk.
             violation, events, data = exc, exc.events, data[: scanner.valid_prefix]
         # Only Query and Parse bodies are kept on this side, so a body means one of them.
-        inspect = any(body is not None and may_need_rewrite(body) for _, body in events) if events else False
+        inspect = any(body is not None and _worth_holding(body) for _, body in events) if events else False
         if not inspect and not self._queue and self._inspecting is None:
             if events:
                 self._client_events(events)  # the fast path: relay the chunk as it came
@@ -230,7 +242,7 @@ class Session(asyncio.Protocol):
             if data:
                 self.upstream.write(data)
         else:
-            hold = [body is not None and may_need_rewrite(body) for _, body in events]
+            hold = [body is not None and _worth_holding(body) for _, body in events]
             self._queue.extend(split(data, events, list(scanner.offsets), hold))
             self._drain()
         if violation is not None:
@@ -277,8 +289,15 @@ class Session(asyncio.Protocol):
             log.exception("client %s: statement passed on unchanged", self.peer)
         if self.state is not State.RELAY:
             return
+        error = await self._prewarm(held)
+        if self.state is not State.RELAY:
+            return
         self.cycle.client_message(held.type_code)
         assert self.upstream is not None
+        if error is not None:
+            # The server raises it for the statement: the client's transaction fails as usual.
+            self.upstream.write(held.with_sql(error_statement(error)))
+            return
         if rewrite is None:
             self.upstream.write(held.raw)
             return
@@ -287,6 +306,54 @@ class Session(asyncio.Protocol):
             self.server_scanner.keep_also(_SERVER_KEEP + b"CI", track_offsets=True)
         log.debug("client %s: statement rewritten", self.peer)
         self.upstream.write(held.with_sql(rewrite.sql))
+
+    async def _prewarm(self, held: Held) -> PredictionError | None:
+        """Answer the statement's model calls into the results store before it goes on."""
+        if not may_call_models(held.body):
+            return None
+        sql = held.sql()
+        sites = find_calls(sql)
+        if not sites:
+            return None
+        if held.type_code == PARSE and any(_BIND_PARAMETER.search(a) for s in sites for a in s.arguments):
+            return PredictionError(
+                "pg-model-proxy: model calls with bind parameters are not supported yet; "
+                "pass the arguments as literals",
+                "0A000",
+            )
+        if self.cycle.status == b"E":
+            return None  # a failed transaction: the server gives its usual error
+        prewarmer = Prewarmer(
+            self.own_reply,
+            self.server.model_engine(),
+            in_transaction=self.cycle.status == b"T",
+            deadline=None,
+        )
+        task = asyncio.get_running_loop().create_task(
+            prewarmer.prepare(sql, sites, single_statement=len(sql_statements(sql)) == 1)
+        )
+        self._prewarm_task = task
+        try:
+            await task
+        except PredictionError as exc:
+            log.info("client %s: model call failed: %s", self.peer, exc.message)
+            return exc
+        except asyncio.CancelledError:
+            if self._cancel_requested and self.state is State.RELAY:
+                self._cancel_requested = False
+                return PredictionError("canceling statement due to user request", "57014")
+            raise
+        finally:
+            self._prewarm_task = None
+        return None
+
+    def cancel_model_calls(self) -> bool:
+        """A CancelRequest for this session: stop its model calls. True if there were any."""
+        if self._prewarm_task is None or self._prewarm_task.done():
+            return False
+        self._cancel_requested = True
+        self._prewarm_task.cancel()
+        return True
 
     async def _extension_emulated(self) -> bool:
         """Whether google_ml_integration is emulated on this server (asked once, then cached)."""
@@ -305,10 +372,28 @@ class Session(asyncio.Protocol):
         return self.server.extension_emulated
 
     async def own_query(self, sql: str) -> list[tuple[str | None, ...]] | None:
+        """Rows of a statement of the proxy's own (see `_run_own`); raises ServerError."""
+        collector = await self._run_own(sql)
+        if collector is None:
+            return None
+        if collector.error is not None:
+            raise collector.error
+        return collector.rows
+
+    async def own_reply(self, sql: str, capture_notices: bool) -> Reply:
+        """The reply to a statement of the proxy's own, for the prediction pre-warm."""
+        collector = await self._run_own(sql, capture_notices=capture_notices)
+        if collector is None:
+            raise PredictionError("pg-model-proxy cannot run its statements at this point", "55000")
+        error = collector.error.fields if collector.error is not None else None
+        return Reply(collector.rows, collector.notices, error)
+
+    async def _run_own(self, sql: str, *, capture_notices: bool = False) -> ReplyCollector | None:
         """Run a statement of the proxy's own in this session, once the server is idle.
 
-        Returns its rows, or None when it cannot run now: in the middle of the client's
-        extended-protocol batch, or in a failed transaction. Raises ServerError.
+        None when it cannot run now: in the middle of the client's extended-protocol batch,
+        or in a failed transaction. If the caller is cancelled meanwhile, the reply is still
+        consumed (and dropped), so the stream stays in step.
         """
         if self.cycle.unsynced or self.cycle.copy_in:
             return None
@@ -320,17 +405,13 @@ class Session(asyncio.Protocol):
                 self._idle_waiter = None
         if self.cycle.status == b"E" or self.state is not State.RELAY:
             return None
-        collector = ReplyCollector()
+        collector = ReplyCollector(capture_notices=capture_notices)
         self._own, self._own_done = collector, asyncio.get_running_loop().create_future()
         assert self.upstream is not None
         self.upstream.write(m.message(m.QUERY, sql.encode() + b"\0"))
-        try:
-            await self._own_done
-        finally:
-            self._own = self._own_done = None
-        if collector.error is not None:
-            raise collector.error
-        return collector.rows
+        done = self._own_done
+        await asyncio.shield(done)
+        return collector
 
     def _own_reply(self, data: bytes) -> bytes:
         """Feed the proxy's own statement's reply; return bytes that follow it."""
@@ -338,9 +419,11 @@ class Session(asyncio.Protocol):
         for_client, rest = self._own.feed(data)
         if for_client and self.client is not None:
             self.client.write(for_client)
-        if self._own.done and self._own_done is not None and not self._own_done.done():
-            self._own_done.set_result(None)
+        if self._own.done:
             self._own = None
+            if self._own_done is not None and not self._own_done.done():
+                self._own_done.set_result(None)
+            self._own_done = None
         return rest
 
     def _restore_tags(self, data: bytes, events: list[tuple[int, bytes | None]]) -> bytes:
@@ -500,6 +583,8 @@ class Session(asyncio.Protocol):
         target = self.server.sessions_by_key.get((request.process_id, request.secret_key))
         if target is not None:
             log.info("cancel request for client %s", target.peer)
+            if target.cancel_model_calls():
+                return  # the statement has not reached the server yet
         await self.server.forward_cancel(request.raw)
 
     # --- endings -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Self
 
 # The 13 columns of google_ml.models / model_info_view / list_model, in the table's order.
 COLUMNS: tuple[str, ...] = (
@@ -47,7 +47,7 @@ class ModelConfig:
     output_batch_transform_fn: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ModelConfig:
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
         """Build from a mapping of column names (an asyncpg Record, a dict); extra keys are ignored."""
         values: dict[str, Any] = {}
         for f in fields(cls):

@@ -56,15 +56,32 @@ class CallSite:
     constant: bool
 
 
+# Statements that evaluate their expressions when run. EXPLAIN is one too: the planner folds
+# an IMMUTABLE call with constant arguments. Definitions (CREATE FUNCTION/VIEW/TABLE/TRIGGER,
+# PREPARE) only store expressions: their calls run later, in other statements.
+_EXECUTING = (
+    ast.SelectStmt,
+    ast.InsertStmt,
+    ast.UpdateStmt,
+    ast.DeleteStmt,
+    ast.MergeStmt,
+    ast.ExplainStmt,
+    ast.CreateTableAsStmt,
+    ast.CopyStmt,
+    ast.CallStmt,
+    ast.DeclareCursorStmt,
+)
+
+
 def find_calls(sql: str) -> list[CallSite]:
-    """Every visible prediction call in `sql` (all statements; order not significant)."""
+    """Every visible prediction call that running `sql` evaluates (order not significant)."""
     try:
         statements = pglast.parse_sql(sql)
     except pglast.parser.ParseError:
         return []
     finder = _CallFinder()
     for raw in statements:
-        if raw.stmt is not None:
+        if isinstance(raw.stmt, _EXECUTING):
             finder(raw.stmt)
     return finder.calls
 
@@ -128,3 +145,11 @@ def _is_constant(node: ast.Node) -> bool:
     finder = _ColumnFinder()
     finder(node)
     return not finder.row_dependent
+
+
+def sql_statements(sql: str) -> list[str]:
+    """The statements of a Query (empty when it does not parse)."""
+    try:
+        return [str(s) for s in pglast.split(sql)]
+    except pglast.parser.ParseError:
+        return []

@@ -26,9 +26,12 @@ class ServerError(Exception):
 class ReplyCollector:
     """Feed server bytes; `done` once ReadyForQuery arrived. Rows are text (or None)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, capture_notices: bool = False) -> None:
         self.rows: list[tuple[str | None, ...]] = []
         self.error: ServerError | None = None
+        # Keep NoticeResponses (their fields) instead of handing them to the client.
+        self.capture_notices = capture_notices
+        self.notices: list[dict[str, str]] = []
         self.done = False
         self._buffer = bytearray()
 
@@ -51,6 +54,8 @@ class ReplyCollector:
                 self.error = ServerError(parse_error_fields(body))
             elif type_code == ord("Z"):
                 self.done = True
+            elif type_code == ord("N") and self.capture_notices:
+                self.notices.append(parse_error_fields(body))
             elif type_code in _ASYNC:
                 for_client += buf[pos:end]
             pos = end

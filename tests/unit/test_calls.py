@@ -63,3 +63,21 @@ def test_other_functions_and_bad_calls_are_ignored():
     assert find_calls("SELECT embedding(model_id => 'm', wrong => 'q')") == []
     assert find_calls("SELEC embedding('m', 'q')") == []
     assert find_calls("SELECT 'embedding(''m'', ''q'')'") == []  # inside a string literal
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE FUNCTION f(t text) RETURNS real[] LANGUAGE sql RETURN google_ml.embedding('m', t)",
+        "CREATE VIEW v AS SELECT embedding('m', body) FROM t",
+        "CREATE TABLE d (c text, e real[] GENERATED ALWAYS AS (embedding('m', c)) STORED)",
+        "PREPARE p AS SELECT embedding('m', 'q')",
+    ],
+)
+def test_definitions_are_not_calls(sql):
+    assert find_calls(sql) == []
+
+
+def test_explain_and_create_table_as_evaluate():
+    assert len(find_calls("EXPLAIN SELECT id FROM t ORDER BY e <=> embedding('m', 'q')::vector LIMIT 5")) == 1
+    assert len(find_calls("CREATE TABLE x AS SELECT embedding('m', body) FROM t")) == 1

@@ -1,0 +1,256 @@
+"""Pre-warming the session's results store before a statement that calls models is forwarded.
+
+DESIGN.md §2: the prediction functions only look answers up, so before the client's
+statement reaches the server the proxy must have stored every call's answer:
+
+- constant calls: their arguments are evaluated in the database (`SELECT (arg)::text, ...`),
+  one round trip;
+- row-dependent calls: a collect run executes the statement itself inside a savepoint (or a
+  transaction) that is rolled back, with `pg_model_proxy.collect = on`: each miss reports
+  its arguments in a NOTICE (SQLSTATE PX002) and a placeholder flows on. If the placeholder
+  does not fit (a vector(n) cast of an unknown dimension), the calls seen so far are
+  answered, the model's dimension is recorded, and the run is repeated;
+- then the models are called (deduplicated, batched, concurrent: the engine) and the answers
+  stored in one INSERT, and the original statement goes on untouched.
+
+Errors a user can act on (unknown model, provider errors, timeouts) are raised *by the
+server* through a replacement statement (`error_statement`), so the client's transaction
+fails exactly as it would for any SQL error.
+
+This module holds no socket: the session gives it `query`, which runs a statement of the
+proxy's own in the client's session (and, for collect runs, returns the PX002 notices).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .engine.errors import ModelCallError, ModelConfigError
+from .engine.models import COLUMNS
+from .providers.registry import native_embedding
+from .secrets.credentials import SecretModelConfig
+from .sql.calls import CallSite
+
+log = logging.getLogger(__name__)
+
+COLLECT_NOTICE = "PX002"
+MAX_COLLECT_RUNS = 3
+
+
+@dataclass
+class Reply:
+    rows: list[tuple[str | None, ...]] = field(default_factory=list)
+    notices: list[dict[str, str]] = field(default_factory=list)  # captured NoticeResponse fields
+    error: dict[str, str] | None = None  # ErrorResponse fields
+
+
+QueryFn = Callable[[str, bool], Awaitable[Reply]]
+"""query(sql, capture_notices) -> Reply: a statement of the proxy's own in the session."""
+
+
+class ModelEngine(Protocol):
+    async def embed(self, model: Any, texts: Sequence[str], *, deadline: float | None = None) -> list[list[float]]: ...
+    async def predict(self, model: Any, body: Any, *, headers: Any = None, deadline: float | None = None) -> Any: ...
+
+
+class PredictionError(Exception):
+    """A call cannot be answered: becomes an SQL error the server raises for the statement."""
+
+    def __init__(self, message: str, sqlstate: str = "38000", detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.sqlstate, self.detail = message, sqlstate, detail
+
+
+@dataclass(frozen=True)
+class Call:
+    kind: str  # embedding | predict_row
+    model_id: str
+    input: str
+
+
+def quote_literal(text: str) -> str:
+    """A dollar-quoted literal whose tag cannot occur in the text."""
+    while True:
+        tag = "pgmp" + secrets.token_hex(4)
+        if f"${tag}$" not in text:
+            return f"${tag}${text}${tag}$"
+
+
+def error_statement(error: PredictionError) -> str:
+    """A statement that makes the server raise `error` in the client's session."""
+    parts = [f"ERRCODE = {quote_literal(error.sqlstate)}"]
+    if error.detail:
+        parts.append(f"DETAIL = {quote_literal(error.detail)}")
+    return (
+        "DO $pgmp_err$ BEGIN RAISE EXCEPTION '%', "
+        f"{quote_literal(error.message)} USING {', '.join(parts)}; END $pgmp_err$"
+    )
+
+
+class Prewarmer:
+    """Answers a statement's model calls into the session's results store."""
+
+    def __init__(self, query: QueryFn, engine: ModelEngine, *, in_transaction: bool, deadline: float | None) -> None:
+        self.query = query
+        self.engine = engine
+        self.in_transaction = in_transaction
+        self.deadline = deadline
+        self._models: dict[str, SecretModelConfig] = {}
+        self._store_ready = False
+
+    async def prepare(self, sql: str, sites: list[CallSite], *, single_statement: bool) -> None:
+        """Store answers for every call `sql` will make; raises PredictionError."""
+        constant = [s for s in sites if s.constant]
+        if constant:
+            await self._answer(await self._evaluate(constant))
+        if len(constant) < len(sites):
+            if not single_statement:
+                raise PredictionError(
+                    "pg-model-proxy: a model call whose arguments depend on rows must be in a statement of its own",
+                    "0A000",
+                )
+            await self._collect(sql)
+
+    async def _own(self, sql: str) -> Reply:
+        """A statement of the proxy's own that, failing, must not abort the client's transaction."""
+        if not self.in_transaction:
+            return await self.query(sql, False)
+        reply = await self.query(f"SAVEPOINT pgmp_own; {sql}", False)
+        await self.query(
+            "ROLLBACK TO SAVEPOINT pgmp_own; RELEASE SAVEPOINT pgmp_own"
+            if reply.error is not None
+            else "RELEASE SAVEPOINT pgmp_own",
+            False,
+        )
+        return reply
+
+    async def _evaluate(self, sites: list[CallSite]) -> list[Call]:
+        columns = ", ".join(f"({m})::text, ({i})::text" for site in sites for m, i in [site.arguments])
+        reply = await self._own(f"SELECT {columns}")
+        if reply.error is not None:
+            raise _server_error(reply.error)
+        row = reply.rows[0]
+        calls = []
+        for n, site in enumerate(sites):
+            model_id, text = row[2 * n], row[2 * n + 1]
+            if model_id is not None and text is not None:
+                calls.append(Call(site.kind, model_id, text))
+        return calls
+
+    async def _collect(self, sql: str) -> None:
+        begin, end = (
+            ("SAVEPOINT pgmp_collect", "ROLLBACK TO SAVEPOINT pgmp_collect; RELEASE SAVEPOINT pgmp_collect")
+            if self.in_transaction
+            else ("BEGIN", "ROLLBACK")
+        )
+        for _ in range(MAX_COLLECT_RUNS):
+            await self._ensure_store()
+            reply = await self.query(f"{begin}; SET LOCAL pg_model_proxy.collect = on; {sql}", True)
+            await self.query(end, False)
+            calls = [_call_from_notice(n) for n in reply.notices if n.get("C") == COLLECT_NOTICE]
+            await self._answer([c for c in calls if c is not None])
+            if reply.error is None:
+                return
+            # The run failed: a placeholder that did not fit, now fixed by the dimensions
+            # just recorded, or a genuine error the real run will report. Try again.
+            log.debug("collect run failed (%s); retrying", reply.error.get("M"))
+
+    async def _answer(self, calls: list[Call]) -> None:
+        if not calls:
+            return
+        unique = list(dict.fromkeys(calls))
+        await self._load_models({c.model_id for c in unique})
+        embeddings: dict[str, list[Call]] = {}
+        predictions: list[Call] = []
+        for call in unique:
+            model = self._models[call.model_id]
+            if call.kind == "embedding":
+                if model.model_type != "text_embedding" and model.model_type != "multimodal_embedding":
+                    raise PredictionError(
+                        f"model {call.model_id} is not a text_embedding model", "22023"
+                    )
+                if not native_embedding(model):
+                    raise PredictionError(
+                        f"model {call.model_id}: user transform and header functions are not supported by "
+                        "pg-model-proxy yet",
+                        "0A000",
+                    )
+                embeddings.setdefault(call.model_id, []).append(call)
+            else:
+                predictions.append(call)
+        rows: list[dict[str, Any]] = []
+        try:
+            for model_id, group in embeddings.items():
+                vectors = await self.engine.embed(
+                    self._models[model_id], [c.input for c in group], deadline=self.deadline
+                )
+                rows += [
+                    {"fn": "embedding", "m": c.model_id, "i": c.input, "e": v, "r": None}
+                    for c, v in zip(group, vectors, strict=True)
+                ]
+                rows.append({"fn": None, "m": model_id, "i": None, "e": vectors[0], "r": None})
+            for call in predictions:
+                body = json.loads(call.input)
+                answer = await self.engine.predict(self._models[call.model_id], body, deadline=self.deadline)
+                rows.append({"fn": "predict_row", "m": call.model_id, "i": call.input, "e": None, "r": answer})
+        except ModelCallError as exc:
+            raise PredictionError(str(exc), exc.sqlstate) from exc
+        await self._store(rows)
+
+    async def _load_models(self, model_ids: set[str]) -> None:
+        missing = sorted(model_ids - self._models.keys())
+        if not missing:
+            return
+        ids = ", ".join(quote_literal(m) for m in missing)
+        columns = ", ".join(f"m.{c}::text" for c in COLUMNS)
+        reply = await self._own(
+            f"SELECT {columns}, s.secret_path FROM google_ml.models m "
+            f"LEFT JOIN google_ml.sm_secrets s ON s.secret_id = m.model_auth_id WHERE m.model_id IN ({ids})"
+        )
+        if reply.error is not None:
+            raise _server_error(reply.error)
+        for row in reply.rows:
+            values = dict(zip((*COLUMNS, "secret_path"), row, strict=True))
+            self._models[str(values["model_id"])] = SecretModelConfig.from_row(values)
+        for model_id in missing:
+            if model_id not in self._models:
+                raise PredictionError(f"Model does not exist for model_id: {model_id}", "42704")
+
+    async def _ensure_store(self) -> None:
+        if not self._store_ready:
+            reply = await self._own("SELECT google_ml._results_store()")
+            if reply.error is not None:
+                raise _server_error(reply.error)
+            self._store_ready = True
+
+    async def _store(self, rows: list[dict[str, Any]]) -> None:
+        await self._ensure_store()
+        payload = quote_literal(json.dumps(rows, separators=(",", ":")))
+        reply = await self._own(
+            "INSERT INTO pg_temp.google_ml_results (key, embedding, response) "
+            "SELECT CASE WHEN x.fn IS NULL THEN 'dim:' || x.m ELSE google_ml._call_key(x.fn, x.m, x.i) END, "
+            f"x.e, x.r FROM json_to_recordset({payload}::json) AS x(fn text, m text, i text, e real[], r json) "
+            "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response"
+        )
+        if reply.error is not None:
+            raise _server_error(reply.error)
+
+
+def _call_from_notice(fields: dict[str, str]) -> Call | None:
+    try:
+        data = json.loads(fields.get("D", ""))
+        return Call(str(data["fn"]), str(data["model_id"]), str(data["input"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _server_error(fields: dict[str, str]) -> PredictionError:
+    return PredictionError(fields.get("M", "error"), fields.get("C", "XX000"), fields.get("D"))
+
+
+__all__ = ["Prewarmer", "PredictionError", "Reply", "error_statement", "ModelConfigError"]
