@@ -118,6 +118,7 @@ class Prewarmer:
 
     async def _own(self, sql: str) -> Reply:
         """A statement of the proxy's own that, failing, must not abort the client's transaction."""
+        log.debug("own statement: %.80s", sql)
         if not self.in_transaction:
             return await self.query(sql, False)
         reply = await self.query(f"SAVEPOINT pgmp_own; {sql}", False)
@@ -200,7 +201,9 @@ class Prewarmer:
                 rows.append({"fn": "predict_row", "m": call.model_id, "i": call.input, "e": None, "r": answer})
         except ModelCallError as exc:
             raise PredictionError(str(exc), exc.sqlstate) from exc
+        log.debug("storing %d answer(s)", len(rows))
         await self._store(rows)
+        log.debug("stored")
 
     async def _load_models(self, model_ids: set[str]) -> None:
         missing = sorted(model_ids - self._models.keys())
