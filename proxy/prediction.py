@@ -30,16 +30,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from .engine.errors import ModelCallError, ModelConfigError
 from .engine.models import COLUMNS
 from .providers.registry import native_embedding
 from .secrets.credentials import SecretModelConfig
-from .sql.calls import CallSite
+from .sql.calls import CallSite, arguments_query
 
 log = logging.getLogger(__name__)
 
 COLLECT_NOTICE = "PX002"
 MAX_COLLECT_RUNS = 3
+STORE_CHUNK_BYTES = 4 << 20  # JSON per INSERT into the results store
 
 
 @dataclass
@@ -81,8 +84,17 @@ def quote_literal(text: str) -> str:
             return f"${tag}${text}${tag}$"
 
 
-def error_statement(error: PredictionError) -> str:
-    """A statement that makes the server raise `error` in the client's session."""
+def error_statement(error: PredictionError, parameters: int = 0) -> str:
+    """A statement that makes the server raise `error` in the client's session.
+
+    With `parameters` (a prepared statement's $1..$n), the statement accepts them all, so the
+    client's Bind still fits and the error is the one it gets.
+    """
+    if parameters:
+        args = ", ".join(f"${n}::text" for n in range(1, parameters + 1))
+        return (
+            f"SELECT google_ml._raise({quote_literal(error.message)}, {quote_literal(error.sqlstate)}, {args})"
+        )
     parts = [f"ERRCODE = {quote_literal(error.sqlstate)}"]
     if error.detail:
         parts.append(f"DETAIL = {quote_literal(error.detail)}")
@@ -114,7 +126,11 @@ class Prewarmer:
                     "pg-model-proxy: a model call whose arguments depend on rows must be in a statement of its own",
                     "0A000",
                 )
-            await self._collect(sql)
+            derived = arguments_query(sql)
+            if derived is not None:
+                await self._answer(await self._arguments(*derived))
+            else:
+                await self._collect(sql)
 
     async def _own(self, sql: str) -> Reply:
         """A statement of the proxy's own that, failing, must not abort the client's transaction."""
@@ -141,6 +157,19 @@ class Prewarmer:
             model_id, text = row[2 * n], row[2 * n + 1]
             if model_id is not None and text is not None:
                 calls.append(Call(site.kind, model_id, text))
+        return calls
+
+    async def _arguments(self, query: str, kinds: list[str]) -> list[Call]:
+        """The calls a read-only arguments query finds (two columns per call, per row)."""
+        reply = await self._own(query)
+        if reply.error is not None:
+            raise _server_error(reply.error)
+        calls = []
+        for row in reply.rows:
+            for n, kind in enumerate(kinds):
+                model_id, text = row[2 * n], row[2 * n + 1]
+                if model_id is not None and text is not None:
+                    calls.append(Call(kind, model_id, text))
         return calls
 
     async def _collect(self, sql: str) -> None:
@@ -232,8 +261,23 @@ class Prewarmer:
             self._store_ready = True
 
     async def _store(self, rows: list[dict[str, Any]]) -> None:
+        """INSERT the answers, a few MB of JSON per statement (10,000 vectors of 1536 floats
+        would otherwise make one statement of ~200 MB)."""
         await self._ensure_store()
-        payload = quote_literal(json.dumps(rows, separators=(",", ":")))
+        chunk: list[str] = []
+        size = 0
+        for row in rows:
+            encoded = orjson.dumps(row).decode()
+            chunk.append(encoded)
+            size += len(encoded)
+            if size >= STORE_CHUNK_BYTES:
+                await self._store_chunk(chunk)
+                chunk, size = [], 0
+        if chunk:
+            await self._store_chunk(chunk)
+
+    async def _store_chunk(self, encoded_rows: list[str]) -> None:
+        payload = quote_literal("[" + ",".join(encoded_rows) + "]")
         reply = await self._own(
             "INSERT INTO pg_temp.google_ml_results (key, embedding, response) "
             "SELECT CASE WHEN x.fn IS NULL THEN 'dim:' || x.m ELSE google_ml._call_key(x.fn, x.m, x.i) END, "

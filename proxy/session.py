@@ -55,6 +55,7 @@ INSPECT_LIMIT = 1 << 20
 _CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QP")
 _SERVER_KEEP = QueryCycle.BACKEND_KEEP + b"KES"  # + BackendKeyData, ErrorResponse, ParameterStatus
 _BIND_PARAMETER = re.compile(r"\$\d")
+_BIND_PARAMETER_NUMBER = re.compile(r"\$(\d+)")
 _EXTENSION_PROBE = (
     "SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'google_ml_integration'"
 )
@@ -296,7 +297,8 @@ class Session(asyncio.Protocol):
         assert self.upstream is not None
         if error is not None:
             # The server raises it for the statement: the client's transaction fails as usual.
-            self.upstream.write(held.with_sql(error_statement(error)))
+            parameters = max((int(n) for n in _BIND_PARAMETER_NUMBER.findall(held.sql())), default=0)
+            self.upstream.write(held.with_sql(error_statement(error, parameters)))
             return
         if rewrite is None:
             self.upstream.write(held.raw)

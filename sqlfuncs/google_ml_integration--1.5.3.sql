@@ -911,6 +911,18 @@ END
 $gml$;
 COMMENT ON FUNCTION google_ml._results_store() IS 'Creates the session results store of pg-model-proxy (internal)';
 
+-- Raises an error for pg-model-proxy: a prepared statement whose model calls failed is
+-- replaced by SELECT google_ml._raise(message, sqlstate, $1::text, ...), which accepts the
+-- client's parameters and fails like the statement would have (internal).
+CREATE FUNCTION google_ml._raise(message text, sqlstate text, VARIADIC parameters text[] DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $gml$
+BEGIN
+    RAISE EXCEPTION '%', message USING ERRCODE = sqlstate;
+END
+$gml$;
+
 CREATE FUNCTION google_ml._check_model_support()
 RETURNS void
 LANGUAGE plpgsql STABLE PARALLEL SAFE

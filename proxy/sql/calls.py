@@ -153,3 +153,48 @@ def sql_statements(sql: str) -> list[str]:
         return [str(s) for s in pglast.split(sql)]
     except pglast.parser.ParseError:
         return []
+
+
+def arguments_query(sql: str) -> tuple[str, list[str]] | None:
+    """A read-only query yielding the row-dependent calls' arguments, where one is safe to derive.
+
+    For `UPDATE t SET c = embedding('m', body) [FROM ...] WHERE cond` the calls in SET run once
+    per updated row, so `SELECT ('m')::text, (body)::text FROM t [, ...] WHERE cond` gives
+    exactly their arguments, with no writes and no placeholders. Returns (query, kinds), one
+    kind per call (two columns each); None for any other shape (calls in WHERE, RETURNING,
+    CTEs that write, ...), which takes the general collect run.
+    """
+    try:
+        statements = pglast.parse_sql(sql)
+    except pglast.parser.ParseError:
+        return None
+    if len(statements) != 1 or not isinstance(statements[0].stmt, ast.UpdateStmt):
+        return None
+    update = statements[0].stmt
+    if update.relation is None or update.withClause is not None:
+        return None  # a CTE may write: the general collect run
+    returning = getattr(update, "returningClause", None) or getattr(update, "returningList", None)
+    for clause in (update.whereClause, returning, update.fromClause):
+        if clause is not None and _contains_call(clause):
+            return None
+    finder = _CallFinder()
+    for target in update.targetList or ():
+        finder(target)
+    # Constant calls are answered on their own; only the row-dependent ones matter here.
+    sites = [s for s in finder.calls if not s.constant]
+    if not sites:
+        return None
+    columns = ", ".join(f"({m})::text, ({i})::text" for site in sites for m, i in [site.arguments])
+    relation = RawStream()(update.relation)
+    sources = [relation, *(RawStream()(f) for f in update.fromClause or ())]
+    query = f"SELECT {columns} FROM {', '.join(sources)}"
+    if update.whereClause is not None:
+        query += f" WHERE {RawStream()(update.whereClause)}"
+    return query, [s.kind for s in sites]
+
+
+def _contains_call(node: ast.Node | tuple[ast.Node, ...]) -> bool:
+    finder = _CallFinder()
+    for part in node if isinstance(node, tuple) else (node,):
+        finder(part)
+    return bool(finder.calls)

@@ -257,3 +257,27 @@ def test_client_disconnect_mid_call_leaves_no_provider_call(model_proxy, dbname,
         openai.latency = 0
         if child.poll() is None:
             child.kill()
+
+
+def test_bind_parameters_get_a_clear_not_supported_error(conn):
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="bind parameters are not supported yet"):
+        conn.execute("SELECT google_ml.embedding('emb', %s)", ("q",))
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_insert_select_takes_the_general_collect_run(conn, openai, pgvector):
+    """Not an UPDATE: the statement itself runs in collect mode (savepoint/BEGIN, rolled back),
+    learning the model's dimension from the vector(1536) cast on the way."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    source, target = f"src_{uuid.uuid4().hex[:8]}", f"dst_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE TABLE {source} (body text)")
+    conn.execute(f"INSERT INTO {source} SELECT 'row ' || i FROM generate_series(1, 40) i")
+    conn.execute(f"CREATE TABLE {target} (body text, emb vector(1536) NOT NULL)")
+    with conn.transaction():  # inside a transaction block: the collect run uses a savepoint
+        cur = conn.execute(
+            f"INSERT INTO {target} SELECT body, google_ml.embedding('emb', body)::vector FROM {source}"
+        )
+        assert cur.rowcount == 40
+    assert conn.execute(f"SELECT count(*) FROM {target}").fetchone() == (40,)
+    got = conn.execute(f"SELECT emb::text FROM {target} WHERE body = 'row 3'").fetchone()[0]
+    assert close_to([float(x) for x in got.strip("[]").split(",")], expected("row 3"))

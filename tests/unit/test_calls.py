@@ -81,3 +81,25 @@ def test_definitions_are_not_calls(sql):
 def test_explain_and_create_table_as_evaluate():
     assert len(find_calls("EXPLAIN SELECT id FROM t ORDER BY e <=> embedding('m', 'q')::vector LIMIT 5")) == 1
     assert len(find_calls("CREATE TABLE x AS SELECT embedding('m', body) FROM t")) == 1
+
+
+def test_arguments_query_for_updates():
+    from proxy.sql.calls import arguments_query
+
+    assert arguments_query("UPDATE docs SET emb = google_ml.embedding('m', body)::vector WHERE emb IS NULL") == (
+        "SELECT ('m')::text, (body)::text FROM docs WHERE emb IS NULL",
+        ["embedding"],
+    )
+    assert arguments_query("UPDATE docs d SET emb = embedding('m', d.body || u.x) FROM u WHERE u.id = d.id") == (
+        "SELECT ('m')::text, (d.body || u.x)::text FROM docs AS d, u WHERE u.id = d.id",
+        ["embedding"],
+    )
+    # Shapes it leaves to the general collect run:
+    for sql in (
+        "UPDATE docs SET emb = embedding('m', body) WHERE embedding('m', body) IS NULL",
+        "WITH w AS (DELETE FROM x RETURNING 1) UPDATE docs SET emb = embedding('m', body)",
+        "UPDATE docs SET emb = embedding('m', 'const')",
+        "UPDATE docs SET emb = embedding('m', body) RETURNING embedding('m', 'x')",
+        "INSERT INTO docs SELECT embedding('m', body) FROM src",
+    ):
+        assert arguments_query(sql) is None, sql
