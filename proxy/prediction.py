@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,12 +37,13 @@ from .engine.models import COLUMNS
 from .providers.registry import native_embedding
 from .secrets.credentials import SecretModelConfig
 from .sql.calls import CallSite, arguments_query
+from .wire.copy_binary import copy_data
 
 log = logging.getLogger(__name__)
 
 COLLECT_NOTICE = "PX002"
 MAX_COLLECT_RUNS = 3
-STORE_CHUNK_BYTES = 4 << 20  # JSON per INSERT into the results store
+STORE_CHUNK_ROWS = 2000  # answers per COPY into the results store
 
 
 @dataclass
@@ -52,8 +53,11 @@ class Reply:
     error: dict[str, str] | None = None  # ErrorResponse fields
 
 
-QueryFn = Callable[[str, bool], Awaitable[Reply]]
-"""query(sql, capture_notices) -> Reply: a statement of the proxy's own in the session."""
+class QueryFn(Protocol):
+    """query(sql, capture_notices, copy) -> Reply: a statement of the proxy's own in the session
+    (`copy`: CopyData..CopyDone for a COPY FROM STDIN)."""
+
+    def __call__(self, sql: str, capture_notices: bool, copy: bytes | None = None) -> Awaitable[Reply]: ...
 
 
 class ModelEngine(Protocol):
@@ -132,12 +136,12 @@ class Prewarmer:
             else:
                 await self._collect(sql)
 
-    async def _own(self, sql: str) -> Reply:
+    async def _own(self, sql: str, copy: bytes | None = None) -> Reply:
         """A statement of the proxy's own that, failing, must not abort the client's transaction."""
         log.debug("own statement: %.80s", sql)
         if not self.in_transaction:
-            return await self.query(sql, False)
-        reply = await self.query(f"SAVEPOINT pgmp_own; {sql}", False)
+            return await self.query(sql, False, copy)
+        reply = await self.query(f"SAVEPOINT pgmp_own; {sql}", False, copy)
         await self.query(
             "ROLLBACK TO SAVEPOINT pgmp_own; RELEASE SAVEPOINT pgmp_own"
             if reply.error is not None
@@ -261,31 +265,30 @@ class Prewarmer:
             self._store_ready = True
 
     async def _store(self, rows: list[dict[str, Any]]) -> None:
-        """INSERT the answers, a few MB of JSON per statement (10,000 vectors of 1536 floats
-        would otherwise make one statement of ~200 MB)."""
+        """Load the answers with a binary COPY (no float parsing in the server), then key them."""
         await self._ensure_store()
-        chunk: list[str] = []
-        size = 0
-        for row in rows:
-            encoded = orjson.dumps(row).decode()
-            chunk.append(encoded)
-            size += len(encoded)
-            if size >= STORE_CHUNK_BYTES:
-                await self._store_chunk(chunk)
-                chunk, size = [], 0
-        if chunk:
-            await self._store_chunk(chunk)
-
-    async def _store_chunk(self, encoded_rows: list[str]) -> None:
-        payload = quote_literal("[" + ",".join(encoded_rows) + "]")
-        reply = await self._own(
-            "INSERT INTO pg_temp.google_ml_results (key, embedding, response) "
-            "SELECT CASE WHEN x.fn IS NULL THEN 'dim:' || x.m ELSE google_ml._call_key(x.fn, x.m, x.i) END, "
-            f"x.e, x.r FROM json_to_recordset({payload}::json) AS x(fn text, m text, i text, e real[], r json) "
-            "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response"
-        )
-        if reply.error is not None:
-            raise _server_error(reply.error)
+        for start in range(0, len(rows), STORE_CHUNK_ROWS):
+            chunk = rows[start : start + STORE_CHUNK_ROWS]
+            payload = copy_data(
+                (r["fn"], r["m"], r["i"], r["e"], None if r["r"] is None else orjson.dumps(r["r"]).decode())
+                for r in chunk
+            )
+            reply = await self._own(
+                "COPY pg_temp.google_ml_load (fn, model_id, input, embedding, response) FROM STDIN (FORMAT binary)",
+                payload,
+            )
+            if reply.error is not None:
+                raise _server_error(reply.error)
+            reply = await self._own(
+                "INSERT INTO pg_temp.google_ml_results (key, embedding, response) "
+                "SELECT CASE WHEN fn IS NULL THEN 'dim:' || model_id "
+                "ELSE google_ml._call_key(fn, model_id, input) END, embedding, response "
+                "FROM pg_temp.google_ml_load "
+                "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response; "
+                "TRUNCATE pg_temp.google_ml_load"
+            )
+            if reply.error is not None:
+                raise _server_error(reply.error)
 
 
 def _call_from_notice(fields: dict[str, str]) -> Call | None:

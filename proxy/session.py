@@ -115,6 +115,7 @@ class Session(asyncio.Protocol):
         self._inspecting: asyncio.Task[None] | None = None
         self._own: ReplyCollector | None = None
         self._own_done: asyncio.Future[None] | None = None
+        self._own_copy: bytes | None = None  # COPY data for the proxy's own COPY FROM STDIN
         self._idle_waiter: asyncio.Future[None] | None = None
         # Per statement of rewritten messages still to answer: the tag to restore, or None.
         self._tag_rewrites: deque[bytes | None] = deque()
@@ -382,15 +383,20 @@ class Session(asyncio.Protocol):
             raise collector.error
         return collector.rows
 
-    async def own_reply(self, sql: str, capture_notices: bool) -> Reply:
-        """The reply to a statement of the proxy's own, for the prediction pre-warm."""
-        collector = await self._run_own(sql, capture_notices=capture_notices)
+    async def own_reply(self, sql: str, capture_notices: bool, copy: bytes | None = None) -> Reply:
+        """The reply to a statement of the proxy's own, for the prediction pre-warm.
+
+        `copy`: CopyData..CopyDone to send when the statement is a COPY FROM STDIN.
+        """
+        collector = await self._run_own(sql, capture_notices=capture_notices, copy=copy)
         if collector is None:
             raise PredictionError("pg-model-proxy cannot run its statements at this point", "55000")
         error = collector.error.fields if collector.error is not None else None
         return Reply(collector.rows, collector.notices, error)
 
-    async def _run_own(self, sql: str, *, capture_notices: bool = False) -> ReplyCollector | None:
+    async def _run_own(
+        self, sql: str, *, capture_notices: bool = False, copy: bytes | None = None
+    ) -> ReplyCollector | None:
         """Run a statement of the proxy's own in this session, once the server is idle.
 
         None when it cannot run now: in the middle of the client's extended-protocol batch,
@@ -409,6 +415,7 @@ class Session(asyncio.Protocol):
             return None
         collector = ReplyCollector(capture_notices=capture_notices)
         self._own, self._own_done = collector, asyncio.get_running_loop().create_future()
+        self._own_copy = copy
         assert self.upstream is not None
         self.upstream.write(m.message(m.QUERY, sql.encode() + b"\0"))
         done = self._own_done
@@ -421,6 +428,12 @@ class Session(asyncio.Protocol):
         for_client, rest = self._own.feed(data)
         if for_client and self.client is not None:
             self.client.write(for_client)
+        if self._own.copy_requested:
+            self._own.copy_requested = False
+            assert self.upstream is not None
+            payload, self._own_copy = self._own_copy, None
+            # No data to give (should not happen): end the COPY with CopyFail.
+            self.upstream.write(payload or m.message(m.COPY_FAIL, b"pg-model-proxy: no data\0"))
         if self._own.done:
             self._own = None
             if self._own_done is not None and not self._own_done.done():

@@ -918,6 +918,10 @@ BEGIN
             response json               -- the answer of google_ml.predict_row
         );
     END IF;
+    -- Where the proxy COPYs answers in (binary) before keying them into google_ml_results.
+    IF to_regclass('pg_temp.google_ml_load') IS NULL THEN
+        CREATE TEMPORARY TABLE google_ml_load (fn text, model_id text, input text, embedding real[], response json);
+    END IF;
 END
 $gml$;
 COMMENT ON FUNCTION google_ml._results_store() IS 'Creates the session results store of pg-model-proxy (internal)';

@@ -24,6 +24,8 @@ from proxy.engine.models import ModelConfig
 from proxy.engine.retry import is_retryable_status, parse_retry_after
 from proxy.engine.settings import EngineSettings
 
+_NUMBER_TYPES = frozenset({float, int})
+
 MAX_ERROR_MESSAGE = 1000  # characters of a provider's error message kept in ours
 
 Vector = list[float]
@@ -153,6 +155,10 @@ class Provider:
         try:
             # orjson: a batch of 2048 embeddings is millions of floats; stdlib json is ~10x slower.
             return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            pass
+        try:  # stdlib json also reads NaN/Infinity, so such vectors are named precisely later
+            return json.loads(response.content)
         except ValueError:
             snippet = " ".join(response.text[:200].split())
             raise self.bad(model, f"not JSON: {snippet!r}") from None
@@ -161,8 +167,9 @@ class Provider:
         """`value` as a non-empty list of finite floats, or BadModelResponse naming `where`."""
         if not isinstance(value, list) or not value:
             raise self.bad(model, f"{where} is not a non-empty list of numbers")
-        # Fast path: a JSON array of non-integral numbers decodes to floats only
-        if all(type(x) is float for x in value) and math.isfinite(math.fsum(value)):
+        # Fast path at C speed: the element types as a set (bool is its own type, so it
+        # fails), and one sum to find inf/nan.
+        if set(map(type, value)) <= _NUMBER_TYPES and math.isfinite(math.fsum(value)):
             return value
         out: Vector = []
         for i, x in enumerate(value):

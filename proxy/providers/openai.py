@@ -8,7 +8,11 @@ body unchanged. A 429 for an exhausted quota is final, not worth a retry.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import sys
+from array import array
 from collections.abc import Mapping, Sequence
 
 import httpx
@@ -56,7 +60,9 @@ class OpenAI(Provider):
             raise ModelConfigError(
                 "an OpenAI embedding model needs model_qualified_name", model_id=model.model_id
             )
-        body = {"model": model.model_qualified_name, "input": list(texts)}
+        # base64 float32 (as the official SDK asks): ~4x smaller than JSON floats, and decoded
+        # at C speed; 2048 embeddings of 1536 floats are ~30 MB as JSON text.
+        body = {"model": model.model_qualified_name, "input": list(texts), "encoding_format": "base64"}
         url = self.request_url(model, settings)
         return self.post(model, url, json.dumps(body, ensure_ascii=False).encode(), headers)
 
@@ -79,7 +85,12 @@ class OpenAI(Provider):
             if vectors[index] is not None:
                 raise self.bad(model, f"data[{i}].index {index} appears twice")
             assert isinstance(item, dict)
-            vectors[index] = self.vector(model, item.get("embedding"), f"data[{i}].embedding")
+            embedding = item.get("embedding")
+            if isinstance(embedding, str):  # encoding_format=base64: little-endian float32
+                embedding = _decode_base64_floats(embedding)
+                if embedding is None:
+                    raise self.bad(model, f"data[{i}].embedding is not base64 float32 data")
+            vectors[index] = self.vector(model, embedding, f"data[{i}].embedding")
         return [v for v in vectors if v is not None]
 
     def retryable(self, response: httpx.Response) -> bool:
@@ -94,3 +105,17 @@ class OpenAI(Provider):
             ):
                 return False
         return super().retryable(response)
+
+
+def _decode_base64_floats(text: str) -> list[float] | None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if not raw or len(raw) % 4:
+        return None
+    floats = array("f")
+    floats.frombytes(raw)
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()

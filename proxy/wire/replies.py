@@ -32,6 +32,8 @@ class ReplyCollector:
         # Keep NoticeResponses (their fields) instead of handing them to the client.
         self.capture_notices = capture_notices
         self.notices: list[dict[str, str]] = []
+        # Set when the server asks for COPY data (CopyInResponse): the caller sends it.
+        self.copy_requested = False
         self.done = False
         self._buffer = bytearray()
 
@@ -54,6 +56,8 @@ class ReplyCollector:
                 self.error = ServerError(parse_error_fields(body))
             elif type_code == ord("Z"):
                 self.done = True
+            elif type_code == ord("G"):
+                self.copy_requested = True
             elif type_code == ord("N") and self.capture_notices:
                 self.notices.append(parse_error_fields(body))
             elif type_code in _ASYNC:

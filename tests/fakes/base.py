@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
+
 JSON = "application/json; charset=UTF-8"
 
 
@@ -63,7 +65,7 @@ class Response:
             return self.body
         if self.body is None:
             return b""
-        return json.dumps(self.body, separators=(",", ":")).encode()
+        return orjson.dumps(self.body)  # millions of floats for a batch of embeddings
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,9 @@ def test_openai_embedding_request_uses_configured_base_url():
     settings = EngineSettings(openai_base_url="http://127.0.0.1:8000/")
     request = openai.embedding_request(OPENAI, ["x", "y"], settings, {"Authorization": "Bearer sk"})
     assert str(request.url) == "http://127.0.0.1:8000/v1/embeddings"
-    assert json.loads(request.content) == {"model": "text-embedding-3-small", "input": ["x", "y"]}
+    assert json.loads(request.content) == {
+        "model": "text-embedding-3-small", "input": ["x", "y"], "encoding_format": "base64"
+    }
     assert request.headers["authorization"] == "Bearer sk"
     assert openai.batch_limit(OPENAI) == 2048
     assert openai.auth_headers("sk-1") == {"Authorization": "Bearer sk-1"}
@@ -287,7 +289,7 @@ def test_openai_orders_by_index():
         ),
         ([{"index": 0, "embedding": [1.0]}, {"embedding": [2.0]}], "not an input position"),
         ([{"index": 0, "embedding": [1.0]}], "1 embeddings for 2"),
-        ([{"index": 0, "embedding": "AAAA"}, {"index": 1, "embedding": [1.0]}], "non-empty list"),
+        ([{"index": 0, "embedding": "AAAA"}, {"index": 1, "embedding": [1.0]}], "not base64 float32 data"),
     ],
 )
 def test_openai_bad_shapes(data: object, message: str):
@@ -501,3 +503,15 @@ def test_json_content_and_rebase():
     assert (
         rebase("https://other/v1", ["https://api.openai.com"], "http://h:1") == "https://other/v1"
     )
+
+
+def test_openai_base64_embeddings_are_decoded():
+    import base64 as b64
+    import struct
+
+    from proxy.providers.openai import _decode_base64_floats
+
+    encoded = b64.b64encode(struct.pack("<3f", 0.5, -0.25, 1.0)).decode()
+    assert _decode_base64_floats(encoded) == [0.5, -0.25, 1.0]
+    assert _decode_base64_floats("not base64!") is None
+    assert _decode_base64_floats(b64.b64encode(b"abc").decode()) is None  # not whole float32s
