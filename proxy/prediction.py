@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 COLLECT_NOTICE = "PX002"
 MAX_COLLECT_RUNS = 3
 STORE_CHUNK_ROWS = 2000  # answers per COPY into the results store
+SMALL_STORE_ROWS = 16  # up to this many answers: one INSERT, no COPY
 
 
 @dataclass
@@ -265,17 +266,32 @@ class Prewarmer:
             self._store_ready = True
 
     async def _store(self, rows: list[dict[str, Any]]) -> None:
-        """Load the answers with a binary COPY (no float parsing in the server), then key them."""
+        """Put the answers in the results store: one round trip for a few, binary COPY for many."""
+        if len(rows) <= SMALL_STORE_ROWS:
+            # The store is created (if needed) in the same Query: each statement of a
+            # simple Query is analysed only when its turn comes.
+            payload = quote_literal(orjson.dumps(rows).decode())
+            reply = await self._own(
+                "SELECT google_ml._results_store(); "
+                "INSERT INTO pg_temp.google_ml_results (key, embedding, response) "
+                "SELECT CASE WHEN x.fn IS NULL THEN 'dim:' || x.m ELSE google_ml._call_key(x.fn, x.m, x.i) END, "
+                f"x.e, x.r FROM json_to_recordset({payload}::json) AS x(fn text, m text, i text, e real[], r json) "
+                "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response"
+            )
+            if reply.error is not None:
+                raise _server_error(reply.error)
+            self._store_ready = True
+            return
         await self._ensure_store()
         for start in range(0, len(rows), STORE_CHUNK_ROWS):
             chunk = rows[start : start + STORE_CHUNK_ROWS]
-            payload = copy_data(
+            payload_bytes = copy_data(
                 (r["fn"], r["m"], r["i"], r["e"], None if r["r"] is None else orjson.dumps(r["r"]).decode())
                 for r in chunk
             )
             reply = await self._own(
                 "COPY pg_temp.google_ml_load (fn, model_id, input, embedding, response) FROM STDIN (FORMAT binary)",
-                payload,
+                payload_bytes,
             )
             if reply.error is not None:
                 raise _server_error(reply.error)
