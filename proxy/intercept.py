@@ -12,6 +12,7 @@ from .wire import messages as m
 
 QUERY = m.QUERY[0]
 PARSE = m.PARSE[0]
+BIND = m.BIND[0]
 
 
 @dataclass(slots=True)

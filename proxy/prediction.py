@@ -119,6 +119,7 @@ class Prewarmer:
         self.deadline = deadline
         self._models: dict[str, SecretModelConfig] = {}
         self._store_ready = False
+        self.seen: list[Call] = []  # every call met so far (to store an error for, if need be)
 
     async def prepare(self, sql: str, sites: list[CallSite], *, single_statement: bool) -> None:
         """Store answers for every call `sql` will make; raises PredictionError."""
@@ -136,6 +137,20 @@ class Prewarmer:
                 await self._answer(await self._arguments(*derived))
             else:
                 await self._collect(sql)
+
+    async def store_error(self, error: PredictionError) -> bool:
+        """Store `error` as the answer of every call seen, so each raises it when it runs.
+
+        For a Bind, which cannot be swapped for an error statement. False if no call was seen.
+        """
+        calls = list(dict.fromkeys(self.seen))
+        if not calls:
+            return False
+        failure = {"message": error.message, "sqlstate": error.sqlstate}
+        await self._store(
+            [{"fn": c.kind, "m": c.model_id, "i": c.input, "e": None, "r": None, "err": failure} for c in calls]
+        )
+        return True
 
     async def _own(self, sql: str, copy: bytes | None = None) -> Reply:
         """A statement of the proxy's own that, failing, must not abort the client's transaction."""
@@ -199,6 +214,7 @@ class Prewarmer:
         if not calls:
             return
         unique = list(dict.fromkeys(calls))
+        self.seen.extend(unique)
         await self._load_models({c.model_id for c in unique})
         embeddings: dict[str, list[Call]] = {}
         predictions: list[Call] = []
@@ -273,10 +289,12 @@ class Prewarmer:
             payload = quote_literal(orjson.dumps(rows).decode())
             reply = await self._own(
                 "SELECT google_ml._results_store(); "
-                "INSERT INTO pg_temp.google_ml_results (key, embedding, response) "
+                "INSERT INTO pg_temp.google_ml_results (key, embedding, response, error) "
                 "SELECT CASE WHEN x.fn IS NULL THEN 'dim:' || x.m ELSE google_ml._call_key(x.fn, x.m, x.i) END, "
-                f"x.e, x.r FROM json_to_recordset({payload}::json) AS x(fn text, m text, i text, e real[], r json) "
-                "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response"
+                f"x.e, x.r, x.err FROM json_to_recordset({payload}::json) "
+                "AS x(fn text, m text, i text, e real[], r json, err json) "
+                "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response, "
+                "error = EXCLUDED.error"
             )
             if reply.error is not None:
                 raise _server_error(reply.error)
@@ -286,21 +304,27 @@ class Prewarmer:
         for start in range(0, len(rows), STORE_CHUNK_ROWS):
             chunk = rows[start : start + STORE_CHUNK_ROWS]
             payload_bytes = copy_data(
-                (r["fn"], r["m"], r["i"], r["e"], None if r["r"] is None else orjson.dumps(r["r"]).decode())
+                (
+                    r["fn"], r["m"], r["i"], r["e"],
+                    None if r["r"] is None else orjson.dumps(r["r"]).decode(),
+                    None if r.get("err") is None else orjson.dumps(r["err"]).decode(),
+                )
                 for r in chunk
             )
             reply = await self._own(
-                "COPY pg_temp.google_ml_load (fn, model_id, input, embedding, response) FROM STDIN (FORMAT binary)",
+                "COPY pg_temp.google_ml_load (fn, model_id, input, embedding, response, error) "
+                "FROM STDIN (FORMAT binary)",
                 payload_bytes,
             )
             if reply.error is not None:
                 raise _server_error(reply.error)
             reply = await self._own(
-                "INSERT INTO pg_temp.google_ml_results (key, embedding, response) "
+                "INSERT INTO pg_temp.google_ml_results (key, embedding, response, error) "
                 "SELECT CASE WHEN fn IS NULL THEN 'dim:' || model_id "
-                "ELSE google_ml._call_key(fn, model_id, input) END, embedding, response "
+                "ELSE google_ml._call_key(fn, model_id, input) END, embedding, response, error "
                 "FROM pg_temp.google_ml_load "
-                "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response; "
+                "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response, "
+                "error = EXCLUDED.error; "
                 "TRUNCATE pg_temp.google_ml_load"
             )
             if reply.error is not None:

@@ -12,6 +12,7 @@ without cutting a running statement.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import struct
@@ -21,11 +22,12 @@ from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, cast
 
 from . import upstream
-from .intercept import PARSE, Forward, Held, split
-from .prediction import PredictionError, Prewarmer, Reply, error_statement
+from .intercept import BIND, PARSE, Forward, Held, split
+from .prediction import PredictionError, Prewarmer, Reply, error_statement, quote_literal
 from .sql.calls import find_calls, may_call_models, sql_statements
 from .sql.rewrite import Rewriter, may_need_rewrite
 from .wire import messages as m
+from .wire.bind import UnsupportedParameter, literal, parameter_types, parse_bind, statement_name
 from .wire.cycle import QueryCycle
 from .wire.errors import ProtocolViolation
 from .wire.framing import MessageScanner
@@ -50,9 +52,9 @@ _READY_FOR_QUERY = m.READY_FOR_QUERY[0]
 _PARAMETER_STATUS = m.PARAMETER_STATUS[0]
 _COMMAND_COMPLETE = ord("C")
 _STATEMENT_DONE = frozenset(b"CI")  # CommandComplete, EmptyQueryResponse
-# Query and Parse bodies are kept (up to this size) for the cheap interception test.
+# Query, Parse and Bind bodies are kept (up to this size) for the cheap interception test.
 INSPECT_LIMIT = 1 << 20
-_CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QP")
+_CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QPB")
 _SERVER_KEEP = QueryCycle.BACKEND_KEEP + b"KES"  # + BackendKeyData, ErrorResponse, ParameterStatus
 _BIND_PARAMETER = re.compile(r"\$\d")
 _BIND_PARAMETER_NUMBER = re.compile(r"\$(\d+)")
@@ -90,7 +92,7 @@ class Session(asyncio.Protocol):
         self.cycle = QueryCycle()
         self.client_scanner = MessageScanner(
             note=_CLIENT_NOTE,
-            keep=b"QP",
+            keep=b"QPB",
             keep_limit=INSPECT_LIMIT,
             frontend=True,
             oversize_ok=True,
@@ -123,6 +125,11 @@ class Session(asyncio.Protocol):
         # The pre-warm of a statement's model calls, and whether the client asked to cancel it.
         self._prewarm_task: asyncio.Task[None] | None = None
         self._cancel_requested = False
+        # Prepared statements whose model calls take bind parameters: name -> (SQL, parameter
+        # types); their Binds are held to pre-warm with the values. A Parse followed by its
+        # Bind in the same batch waits for it (its statement could not survive a Query).
+        self._bind_calls: dict[bytes, tuple[str, tuple[int, ...]]] = {}
+        self._deferred_parse: Held | None = None
 
     # --- client leg: asyncio callbacks -------------------------------------------------
 
@@ -184,7 +191,7 @@ class Session(asyncio.Protocol):
             self.client.write(data)
             if self._deferred_error is not None and self._deferred_done():
                 self._close(client_error=self._deferred_error)
-            if self._idle_waiter is not None and self.cycle.idle and not self._idle_waiter.done():
+            if self._idle_waiter is not None and not self.cycle.pending and not self._idle_waiter.done():
                 self._idle_waiter.set_result(None)
 
     def server_lost(self, exc: Exception | None) -> None:
@@ -235,8 +242,8 @@ class Session(asyncio.Protocol):
         except ProtocolViolation as exc:
             # What came before the bad header is valid and is handled like any chunk.
             violation, events, data = exc, exc.events, data[: scanner.valid_prefix]
-        # Only Query and Parse bodies are kept on this side, so a body means one of them.
-        inspect = any(body is not None and _worth_holding(body) for _, body in events) if events else False
+        # Only Query, Parse and Bind bodies are kept on this side.
+        inspect = any(self._holds(t, body) for t, body in events) if events else False
         if not inspect and not self._queue and self._inspecting is None:
             if events:
                 self._client_events(events)  # the fast path: relay the chunk as it came
@@ -244,11 +251,32 @@ class Session(asyncio.Protocol):
             if data:
                 self.upstream.write(data)
         else:
-            hold = [body is not None and _worth_holding(body) for _, body in events]
+            hold = self._hold_list(events)
             self._queue.extend(split(data, events, list(scanner.offsets), hold))
             self._drain()
         if violation is not None:
             self._fail(violation)
+
+    def _holds(self, type_code: int, body: bytes | None) -> bool:
+        """Cheap test for one message: hold it for inspection?"""
+        if body is None:
+            return False
+        if type_code == BIND:
+            return bool(self._bind_calls) and statement_name(body) in self._bind_calls
+        return _worth_holding(body)
+
+    def _hold_list(self, events: list[tuple[int, bytes | None]]) -> list[bool]:
+        """Which messages of a chunk to hold; a Bind behind a held Parse of its statement too."""
+        held_parses: set[bytes] = set()
+        hold = []
+        for type_code, body in events:
+            flag = self._holds(type_code, body)
+            if type_code == PARSE and flag and body is not None:
+                held_parses.add(body[: body.index(b"\0")])
+            elif type_code == BIND and body is not None and not flag:
+                flag = statement_name(body) in held_parses
+            hold.append(flag)
+        return hold
 
     def _drain(self) -> None:
         """Relay queued segments in order; a held message is inspected before what follows."""
@@ -281,6 +309,22 @@ class Session(asyncio.Protocol):
 
     async def _inspect(self, held: Held) -> None:
         """Send a held Query/Parse on, rewritten if the proxy answers it differently."""
+        if held.type_code == BIND:
+            await self._inspect_bind(held)
+            return
+        if held.type_code == PARSE and self._register_bind_calls(held):
+            nxt = self._queue[0] if self._queue else None
+            if (
+                isinstance(nxt, Held)
+                and nxt.type_code == BIND
+                and statement_name(nxt.body) == held.body[: held.body.index(b"\0")]
+            ):
+                self._deferred_parse = held  # goes on with its Bind, after the pre-warm
+                return
+            self.cycle.client_message(PARSE)
+            assert self.upstream is not None
+            self.upstream.write(held.raw)
+            return
         rewrite = None
         try:
             emulated = await self._extension_emulated()
@@ -318,12 +362,6 @@ class Session(asyncio.Protocol):
         sites = find_calls(sql)
         if not sites:
             return None
-        if held.type_code == PARSE and any(_BIND_PARAMETER.search(a) for s in sites for a in s.arguments):
-            return PredictionError(
-                "pg-model-proxy: model calls with bind parameters are not supported yet; "
-                "pass the arguments as literals",
-                "0A000",
-            )
         if self.cycle.status == b"E":
             return None  # a failed transaction: the server gives its usual error
         prewarmer = Prewarmer(
@@ -349,6 +387,67 @@ class Session(asyncio.Protocol):
         finally:
             self._prewarm_task = None
         return None
+
+    def _register_bind_calls(self, held: Held) -> bool:
+        """A Parse whose model calls take bind parameters: remember it for its Binds."""
+        if not may_call_models(held.body):
+            return False
+        sql = held.sql()
+        sites = find_calls(sql)
+        if not any(_BIND_PARAMETER.search(a) for site in sites for a in site.arguments):
+            return False
+        name = held.body[: held.body.index(b"\0")]
+        self._bind_calls[name] = (sql, parameter_types(held.body))
+        return True
+
+    async def _inspect_bind(self, held: Held) -> None:
+        """Pre-warm a prepared statement's model calls with this Bind's values, then send it."""
+        name = statement_name(held.body)
+        entry = self._bind_calls.get(name)
+        deferred, self._deferred_parse = self._deferred_parse, None
+        # Mid-batch (the Parse went earlier, e.g. asyncpg) the proxy's own Query is safe only
+        # for a named statement: a Query drops the unnamed one.
+        can_run = deferred is not None or bool(name)
+        if entry is not None and can_run and self.cycle.status != b"E":
+            sql, types = entry
+            try:
+                bound = parse_bind(held.body)
+                values = {
+                    n + 1: literal(v, bound.format_of(n), types[n] if n < len(types) else 0, quote_literal)
+                    for n, v in enumerate(bound.values)
+                }
+                concrete = _BIND_PARAMETER_NUMBER.sub(lambda m: values.get(int(m.group(1)), m.group(0)), sql)
+                prewarmer = Prewarmer(
+                    functools.partial(self.own_reply, mid_batch=deferred is None),
+                    self.server.model_engine(),
+                    in_transaction=self.cycle.status == b"T",
+                    deadline=None,
+                )
+                task = asyncio.get_running_loop().create_task(
+                    prewarmer.prepare(concrete, find_calls(concrete), single_statement=True)
+                )
+                self._prewarm_task = task
+                try:
+                    await task
+                except PredictionError as exc:
+                    log.info("client %s: model call failed: %s", self.peer, exc.message)
+                    await prewarmer.store_error(exc)  # each call raises it when the statement runs
+                finally:
+                    self._prewarm_task = None
+            except (UnsupportedParameter, ValueError, struct.error) as exc:
+                log.info("client %s: bind values not usable for model calls: %s", self.peer, exc)
+            except asyncio.CancelledError:
+                if not (self._cancel_requested and self.state is State.RELAY):
+                    raise
+                self._cancel_requested = False
+        if self.state is not State.RELAY:
+            return
+        assert self.upstream is not None
+        if deferred is not None:
+            self.cycle.client_message(PARSE)
+            self.upstream.write(deferred.raw)
+        self.cycle.client_message(BIND)
+        self.upstream.write(held.raw)
 
     def cancel_model_calls(self) -> bool:
         """A CancelRequest for this session: stop its model calls. True if there were any."""
@@ -383,19 +482,21 @@ class Session(asyncio.Protocol):
             raise collector.error
         return collector.rows
 
-    async def own_reply(self, sql: str, capture_notices: bool, copy: bytes | None = None) -> Reply:
+    async def own_reply(
+        self, sql: str, capture_notices: bool, copy: bytes | None = None, *, mid_batch: bool = False
+    ) -> Reply:
         """The reply to a statement of the proxy's own, for the prediction pre-warm.
 
         `copy`: CopyData..CopyDone to send when the statement is a COPY FROM STDIN.
         """
-        collector = await self._run_own(sql, capture_notices=capture_notices, copy=copy)
+        collector = await self._run_own(sql, capture_notices=capture_notices, copy=copy, mid_batch=mid_batch)
         if collector is None:
             raise PredictionError("pg-model-proxy cannot run its statements at this point", "55000")
         error = collector.error.fields if collector.error is not None else None
         return Reply(collector.rows, collector.notices, error)
 
     async def _run_own(
-        self, sql: str, *, capture_notices: bool = False, copy: bytes | None = None
+        self, sql: str, *, capture_notices: bool = False, copy: bytes | None = None, mid_batch: bool = False
     ) -> ReplyCollector | None:
         """Run a statement of the proxy's own in this session, once the server is idle.
 
@@ -403,9 +504,9 @@ class Session(asyncio.Protocol):
         or in a failed transaction. If the caller is cancelled meanwhile, the reply is still
         consumed (and dropped), so the stream stays in step.
         """
-        if self.cycle.unsynced or self.cycle.copy_in:
+        if (self.cycle.unsynced and not mid_batch) or self.cycle.copy_in:
             return None
-        if not self.cycle.idle:
+        while self.cycle.pending:  # wait for the answers the server still owes
             self._idle_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._idle_waiter
@@ -465,8 +566,10 @@ class Session(asyncio.Protocol):
         return bytes(out)
 
     def _client_events(self, events: list[tuple[int, bytes | None]]) -> None:
-        for type_code, _ in events:
+        for type_code, body in events:
             self.cycle.client_message(type_code)
+            if type_code == PARSE and self._bind_calls and body is not None:
+                self._bind_calls.pop(body[: body.index(b"\0")], None)  # redefined
             if type_code == _TERMINATE:
                 self._client_terminated = True
 

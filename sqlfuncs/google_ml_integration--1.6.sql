@@ -915,12 +915,13 @@ BEGIN
         CREATE TEMPORARY TABLE google_ml_results (
             key text PRIMARY KEY,       -- google_ml._call_key(fn, model_id, input), or 'dim:' || model_id
             embedding real[],           -- the answer of google_ml.embedding
-            response json               -- the answer of google_ml.predict_row
+            response json,              -- the answer of google_ml.predict_row
+            error json                  -- or why there is none: {"message", "sqlstate"}, raised by the call
         );
     END IF;
     -- Where the proxy COPYs answers in (binary) before keying them into google_ml_results.
     IF to_regclass('pg_temp.google_ml_load') IS NULL THEN
-        CREATE TEMPORARY TABLE google_ml_load (fn text, model_id text, input text, embedding real[], response json);
+        CREATE TEMPORARY TABLE google_ml_load (fn text, model_id text, input text, embedding real[], response json, error json);
     END IF;
 END
 $gml$;
@@ -952,6 +953,19 @@ BEGIN
 END
 $gml$;
 
+-- A call the proxy could not answer (unknown model, provider error, ...) has its error
+-- stored instead: the call raises it, with the SQLSTATE the proxy chose.
+CREATE FUNCTION google_ml._raise_stored(error json)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $gml$
+BEGIN
+    IF error IS NOT NULL THEN
+        RAISE EXCEPTION '%', error->>'message' USING ERRCODE = coalesce(error->>'sqlstate', '38000');
+    END IF;
+END
+$gml$;
+
 -- What a miss does: report it (collect mode) or fail. Returns true in collect mode.
 CREATE FUNCTION google_ml._miss(fn text, model_id text, input text)
 RETURNS boolean
@@ -976,6 +990,7 @@ LANGUAGE plpgsql IMMUTABLE PARALLEL RESTRICTED
 AS $gml$
 DECLARE
     found real[];
+    failure json;
     dim integer;
 BEGIN
     PERFORM google_ml._check_model_support();
@@ -983,8 +998,9 @@ BEGIN
         RETURN NULL;
     END IF;
     IF to_regclass('pg_temp.google_ml_results') IS NOT NULL THEN
-        EXECUTE 'SELECT embedding FROM pg_temp.google_ml_results WHERE key = $1'
-            INTO found USING google_ml._call_key('embedding', model_id, content);
+        EXECUTE 'SELECT embedding, error FROM pg_temp.google_ml_results WHERE key = $1'
+            INTO found, failure USING google_ml._call_key('embedding', model_id, content);
+        PERFORM google_ml._raise_stored(failure);
         IF found IS NOT NULL THEN
             RETURN found;
         END IF;
@@ -1008,14 +1024,16 @@ LANGUAGE plpgsql IMMUTABLE PARALLEL RESTRICTED
 AS $gml$
 DECLARE
     found json;
+    failure json;
 BEGIN
     PERFORM google_ml._check_model_support();
     IF model_id IS NULL OR request_body IS NULL THEN
         RETURN NULL;
     END IF;
     IF to_regclass('pg_temp.google_ml_results') IS NOT NULL THEN
-        EXECUTE 'SELECT response FROM pg_temp.google_ml_results WHERE key = $1'
-            INTO found USING google_ml._call_key('predict_row', model_id, request_body::text);
+        EXECUTE 'SELECT response, error FROM pg_temp.google_ml_results WHERE key = $1'
+            INTO found, failure USING google_ml._call_key('predict_row', model_id, request_body::text);
+        PERFORM google_ml._raise_stored(failure);
         IF found IS NOT NULL THEN
             RETURN found;
         END IF;

@@ -259,25 +259,36 @@ def test_client_disconnect_mid_call_leaves_no_provider_call(model_proxy, dbname,
             child.kill()
 
 
-def test_bind_parameters_get_a_clear_not_supported_error(conn):
-    with pytest.raises(psycopg.errors.FeatureNotSupported, match="bind parameters are not supported yet"):
-        conn.execute("SELECT google_ml.embedding('emb', %s)", ("q",))
+def test_bind_parameters_psycopg_unnamed_statement(conn):
+    # psycopg: Parse("") + Bind + Describe + Execute + Sync in one go.
+    value = conn.execute("SELECT google_ml.embedding('emb', %s)", ("bound text",)).fetchone()[0]
+    assert close_to(value, expected("bound text"))
+    value = conn.execute("SELECT google_ml.embedding(%s, %s)", ("emb", "two params")).fetchone()[0]
+    assert close_to(value, expected("two params"))
+    with pytest.raises(psycopg.errors.UndefinedObject, match="Model does not exist for model_id: nope"):
+        conn.execute("SELECT google_ml.embedding(%s, 'x')", ("nope",))
     assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_insert_select_takes_the_general_collect_run(conn, openai, pgvector):
-    """Not an UPDATE: the statement itself runs in collect mode (savepoint/BEGIN, rolled back),
-    learning the model's dimension from the vector(1536) cast on the way."""
-    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-    source, target = f"src_{uuid.uuid4().hex[:8]}", f"dst_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE TABLE {source} (body text)")
-    conn.execute(f"INSERT INTO {source} SELECT 'row ' || i FROM generate_series(1, 40) i")
-    conn.execute(f"CREATE TABLE {target} (body text, emb vector(1536) NOT NULL)")
-    with conn.transaction():  # inside a transaction block: the collect run uses a savepoint
-        cur = conn.execute(
-            f"INSERT INTO {target} SELECT body, google_ml.embedding('emb', body)::vector FROM {source}"
-        )
-        assert cur.rowcount == 40
-    assert conn.execute(f"SELECT count(*) FROM {target}").fetchone() == (40,)
-    got = conn.execute(f"SELECT emb::text FROM {target} WHERE body = 'row 3'").fetchone()[0]
-    assert close_to([float(x) for x in got.strip("[]").split(",")], expected("row 3"))
+async def test_bind_parameters_asyncpg_named_statement_reused(model_proxy, dbname, openai):
+    conn = await asyncpg.connect(model_proxy.dsn(database=dbname))
+    try:
+        for text in ("first", "second", "first"):  # asyncpg caches the prepared statement
+            value = await conn.fetchval("SELECT google_ml.embedding('emb', $1)", text)
+            assert close_to(list(value), expected(text))
+        statement = await conn.prepare("SELECT google_ml.embedding($1, $2) IS NOT NULL")
+        assert await statement.fetchval("emb", "prepared once") is True
+        assert await conn.fetchval("SELECT $1::int + 1", 1) == 2
+    finally:
+        await conn.close()
+
+
+def test_bind_parameters_row_dependent_update(conn, openai):
+    table = f"bound_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE TABLE {table} (id int, body text, emb real[])")
+    conn.execute(f"INSERT INTO {table} SELECT i, 'bound ' || i FROM generate_series(1, 20) i")
+    cur = conn.execute(
+        f"UPDATE {table} SET emb = google_ml.embedding(%s, body) WHERE id <= %s", ("emb", 10)
+    )
+    assert cur.rowcount == 10
+    assert conn.execute(f"SELECT count(*) FROM {table} WHERE emb IS NOT NULL").fetchone() == (10,)

@@ -136,3 +136,25 @@ def test_alter_system_of_a_placeholder_before_postgres_17(major, rewritten):
         assert rewrite.tags == ["ALTER SYSTEM"]
     # Other settings are the server's business.
     assert Rewriter(emulated=False, server_major=major).rewrite("ALTER SYSTEM SET work_mem = '8MB'") is None
+
+
+def test_bind_parsing_and_literals():
+    from proxy.prediction import quote_literal
+    from proxy.wire.bind import UnsupportedParameter, literal, parameter_types, parse_bind, statement_name
+
+    body = (
+        b"portal\0stmt\0" + struct.pack("!HHH", 2, 0, 1) + struct.pack("!H", 3)
+        + struct.pack("!i", 5) + b"hello" + struct.pack("!i", 4) + struct.pack("!i", 42) + struct.pack("!i", -1)
+        + struct.pack("!H", 0)
+    )
+    bound = parse_bind(body)
+    assert statement_name(body) == b"stmt" and bound.portal == b"portal"
+    assert bound.values == (b"hello", struct.pack("!i", 42), None)
+    assert [bound.format_of(n) for n in range(2)] == [0, 1]
+    assert "it's" in literal(b"it's", 0, 0, quote_literal)
+    assert literal(struct.pack("!i", 42), 1, 23, quote_literal) == "42"
+    assert literal(None, 0, 0, quote_literal) == "NULL"
+    with pytest.raises(UnsupportedParameter):
+        literal(b"\x00\x01", 1, 17, quote_literal)  # bytea in binary
+    parse = b"s\0select $1\0" + struct.pack("!HII", 2, 25, 23)
+    assert parameter_types(parse) == (25, 23)
