@@ -140,7 +140,13 @@ def test_alter_system_of_a_placeholder_before_postgres_17(major, rewritten):
 
 def test_bind_parsing_and_literals():
     from proxy.prediction import quote_literal
-    from proxy.wire.bind import UnsupportedParameter, literal, parameter_types, parse_bind, statement_name
+    from proxy.wire.bind import (
+        UnsupportedParameter,
+        literal,
+        parameter_types,
+        parse_bind,
+        statement_name,
+    )
 
     body = (
         b"portal\0stmt\0" + struct.pack("!HHH", 2, 0, 1) + struct.pack("!H", 3)
