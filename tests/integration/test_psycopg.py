@@ -92,12 +92,15 @@ def test_pipeline_error_in_the_middle_and_recovery(table, aconn):
 def test_pipeline_error_aborts_later_results(conn):
     with conn.pipeline() as p:
         ok = conn.execute("select 1")
-        conn.execute("select 1 / 0")
-        after = conn.execute("select 2")
+        after = None
+        # psycopg raises the error at the first call that reads it: the next execute or the
+        # sync, depending on when the server's answer arrives.
         with pytest.raises(errors.DivisionByZero):
+            conn.execute("select 1 / 0")
+            after = conn.execute("select 2")
             p.sync()
         assert ok.fetchone() == (1,)
-        assert after.pgresult is None  # skipped by the server: the pipeline was aborted
+        assert after is None or after.pgresult is None  # skipped: the pipeline was aborted
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
         conn.rollback()
         again = conn.execute("select 2")
