@@ -36,7 +36,7 @@ from .engine.errors import ModelCallError, ModelConfigError
 from .engine.models import COLUMNS
 from .providers.registry import native_embedding
 from .secrets.credentials import SecretModelConfig
-from .sql.calls import CallSite, arguments_query
+from .sql.calls import CallSite, argument_columns, arguments_query
 from .wire.copy_binary import copy_data
 
 log = logging.getLogger(__name__)
@@ -167,17 +167,7 @@ class Prewarmer:
         return reply
 
     async def _evaluate(self, sites: list[CallSite]) -> list[Call]:
-        columns = ", ".join(f"({m})::text, ({i})::text" for site in sites for m, i in [site.arguments])
-        reply = await self._own(f"SELECT {columns}")
-        if reply.error is not None:
-            raise _server_error(reply.error)
-        row = reply.rows[0]
-        calls = []
-        for n, site in enumerate(sites):
-            model_id, text = row[2 * n], row[2 * n + 1]
-            if model_id is not None and text is not None:
-                calls.append(Call(site.kind, model_id, text))
-        return calls
+        return await self._arguments(f"SELECT {argument_columns(sites)}", [s.kind for s in sites])
 
     async def _arguments(self, query: str, kinds: list[str]) -> list[Call]:
         """The calls a read-only arguments query finds (two columns per call, per row)."""

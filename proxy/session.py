@@ -56,11 +56,14 @@ _STATEMENT_DONE = frozenset(b"CI")  # CommandComplete, EmptyQueryResponse
 INSPECT_LIMIT = 1 << 20
 _CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QPB")
 _SERVER_KEEP = QueryCycle.BACKEND_KEEP + b"KES"  # + BackendKeyData, ErrorResponse, ParameterStatus
-_BIND_PARAMETER = re.compile(r"\$\d")
-_BIND_PARAMETER_NUMBER = re.compile(r"\$(\d+)")
+_BIND_PARAMETER = re.compile(r"\$(\d+)")
 _EXTENSION_PROBE = (
     "SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'google_ml_integration'"
 )
+
+
+class ClientCancel(PredictionError):
+    """The client cancelled the statement while its model calls were being made."""
 
 
 def _worth_holding(body: bytes) -> bool:
@@ -342,7 +345,7 @@ class Session(asyncio.Protocol):
         assert self.upstream is not None
         if error is not None:
             # The server raises it for the statement: the client's transaction fails as usual.
-            parameters = max((int(n) for n in _BIND_PARAMETER_NUMBER.findall(held.sql())), default=0)
+            parameters = max((int(n) for n in _BIND_PARAMETER.findall(held.sql())), default=0)
             self.upstream.write(held.with_sql(error_statement(error, parameters)))
             return
         if rewrite is None:
@@ -370,9 +373,16 @@ class Session(asyncio.Protocol):
             in_transaction=self.cycle.status == b"T",
             deadline=None,
         )
-        task = asyncio.get_running_loop().create_task(
+        return await self._run_prewarm(
             prewarmer.prepare(sql, sites, single_statement=len(sql_statements(sql)) == 1)
         )
+
+    async def _run_prewarm(self, preparation: Coroutine[Any, Any, None]) -> PredictionError | None:
+        """Run a pre-warm as the task a CancelRequest can stop; its error, if any.
+
+        A client's cancel gives ClientCancel (57014); any other cancellation propagates.
+        """
+        task = asyncio.get_running_loop().create_task(preparation)
         self._prewarm_task = task
         try:
             await task
@@ -382,7 +392,7 @@ class Session(asyncio.Protocol):
         except asyncio.CancelledError:
             if self._cancel_requested and self.state is State.RELAY:
                 self._cancel_requested = False
-                return PredictionError("canceling statement due to user request", "57014")
+                return ClientCancel("canceling statement due to user request", "57014")
             raise
         finally:
             self._prewarm_task = None
@@ -416,30 +426,20 @@ class Session(asyncio.Protocol):
                     n + 1: literal(v, bound.format_of(n), types[n] if n < len(types) else 0, quote_literal)
                     for n, v in enumerate(bound.values)
                 }
-                concrete = _BIND_PARAMETER_NUMBER.sub(lambda m: values.get(int(m.group(1)), m.group(0)), sql)
+                concrete = _BIND_PARAMETER.sub(lambda m: values.get(int(m.group(1)), m.group(0)), sql)
                 prewarmer = Prewarmer(
                     functools.partial(self.own_reply, mid_batch=deferred is None),
                     self.server.model_engine(),
                     in_transaction=self.cycle.status == b"T",
                     deadline=None,
                 )
-                task = asyncio.get_running_loop().create_task(
+                error = await self._run_prewarm(
                     prewarmer.prepare(concrete, find_calls(concrete), single_statement=True)
                 )
-                self._prewarm_task = task
-                try:
-                    await task
-                except PredictionError as exc:
-                    log.info("client %s: model call failed: %s", self.peer, exc.message)
-                    await prewarmer.store_error(exc)  # each call raises it when the statement runs
-                finally:
-                    self._prewarm_task = None
+                if error is not None and not isinstance(error, ClientCancel):
+                    await prewarmer.store_error(error)  # each call raises it when the statement runs
             except (UnsupportedParameter, ValueError, struct.error) as exc:
                 log.info("client %s: bind values not usable for model calls: %s", self.peer, exc)
-            except asyncio.CancelledError:
-                if not (self._cancel_requested and self.state is State.RELAY):
-                    raise
-                self._cancel_requested = False
         if self.state is not State.RELAY:
             return
         assert self.upstream is not None

@@ -184,13 +184,18 @@ def arguments_query(sql: str) -> tuple[str, list[str]] | None:
     sites = [s for s in finder.calls if not s.constant]
     if not sites:
         return None
-    columns = ", ".join(f"({m})::text, ({i})::text" for site in sites for m, i in [site.arguments])
+    columns = argument_columns(sites)
     relation = RawStream()(update.relation)
     sources = [relation, *(RawStream()(f) for f in update.fromClause or ())]
     query = f"SELECT {columns} FROM {', '.join(sources)}"
     if update.whereClause is not None:
         query += f" WHERE {RawStream()(update.whereClause)}"
     return query, [s.kind for s in sites]
+
+
+def argument_columns(sites: list[CallSite]) -> str:
+    """A SELECT list of each call's (model id, input) as text: two columns per call."""
+    return ", ".join(f"({m})::text, ({i})::text" for site in sites for m, i in [site.arguments])
 
 
 def _contains_call(node: ast.Node | tuple[ast.Node, ...]) -> bool:
