@@ -48,12 +48,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from proxy.embedded import SERVICE_USER, EmbeddedPostgres  # noqa: E402
+from tests.support import ProxyProcess, free_port  # noqa: E402
 
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
 TARGETS = ("direct", "proxy", "pgbouncer")
 TPS_LINE = re.compile(r"tps = ([\d.]+) \(without initial connection time\)")
 FAILED_LINE = re.compile(r"number of failed transactions: (\d+)")
-LISTENING_LINE = re.compile(r"listening on (\S+):(\d+)")
 # pgbench's own environment: plain TCP (the wheel's libpq has no TLS anyway), bounded connects.
 PG_ENV = {"PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10", "PGUSER": "postgres"}
 
@@ -78,12 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.duration <= 0:
         parser.error("--duration must be positive")
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(cmd: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -127,21 +121,6 @@ def stop_process(proc: subprocess.Popen[str], timeout: float = 30) -> None:
             proc.wait(10)
 
 
-def pump_output(proc: subprocess.Popen[str], lines: list[str], on_line: threading.Event,
-                pattern: re.Pattern[str] | None = None) -> None:
-    """Keep a child's pipe drained (so it never blocks on a full pipe); flag a matching line."""
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        del lines[:-200]
-        if pattern is None or pattern.search(line):
-            on_line.set()
-    on_line.set()
-
-
-# --- the three targets ---
-
-
 def make_server(root: Path, max_clients: int) -> EmbeddedPostgres:
     """An unstarted embedded server: TCP on 127.0.0.1 (trust) plus its Unix socket."""
     server = EmbeddedPostgres(
@@ -159,39 +138,6 @@ def pgbench_binary(server: EmbeddedPostgres) -> Path:
     assert server.bin_dir is not None
     bundled = server.bin_dir / "pgbench"
     return bundled if bundled.exists() else Path("/usr/bin/pgbench")
-
-
-@dataclass
-class Proxy:
-    """`python -m proxy` fronting the server's Unix socket; the port comes from its log."""
-
-    upstream: str
-    port: int = 0
-    logs: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[str] | None = None
-
-    def start(self, timeout: float = 60) -> Proxy:
-        cmd = [sys.executable, "-m", "proxy", "--listen", "127.0.0.1:0",
-               "--upstream", self.upstream]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, cwd=REPO,
-        )
-        ready = threading.Event()
-        threading.Thread(
-            target=pump_output, args=(self.proc, self.logs, ready, LISTENING_LINE), daemon=True
-        ).start()
-        ready.wait(timeout)
-        match = next((m for line in self.logs if (m := LISTENING_LINE.search(line))), None)
-        if match is None:
-            self.stop()
-            raise RuntimeError(f"proxy did not start ({shlex.join(cmd)}):\n{''.join(self.logs)}")
-        self.port = int(match.group(2))
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout=45)  # the proxy's own shutdown timeout is 30 s
 
 
 @dataclass
@@ -248,6 +194,15 @@ class PgBouncer:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+
+def pump_output(proc: subprocess.Popen[str], lines: list[str], done: threading.Event) -> None:
+    """Keep a child's pipe drained (so it never blocks on a full pipe), its last lines kept."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        del lines[:-200]
+    done.set()
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[str]) -> bool:
@@ -447,7 +402,7 @@ def bench(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
 
     ports = {"direct": server.port}
     upstream = f"postgresql:///?host={quote(str(server.socket_dir))}&port={server.port}"
-    proxy = Proxy(upstream)
+    proxy = ProxyProcess(["--upstream", upstream])
     stack.callback(proxy.stop)
     ports["proxy"] = proxy.start().port
     note(f"proxy on 127.0.0.1:{proxy.port} -> {upstream}")
