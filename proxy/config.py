@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     max_concurrency_per_model: int = Field(
         8, ge=1, description="HTTP requests in flight per model"
     )
+    catalog_ttl: float = Field(
+        60.0,
+        ge=0,
+        description="seconds the proxy trusts what it knows of views, triggers, generated columns "
+        "and functions that call models before asking the catalog again (DDL through the proxy "
+        "is seen at once)",
+    )
     max_clients: int = Field(1000, ge=1, description="client connections accepted at once")
     shutdown_timeout: float = Field(
         30.0, ge=0, description="seconds running statements get to finish on SIGTERM/Ctrl-C"

@@ -41,6 +41,7 @@ from .wire.copy_binary import copy_data
 
 log = logging.getLogger(__name__)
 
+UNANSWERED_CALL = "PX001"  # a call with no stored answer (the statement was not pre-warmed)
 COLLECT_NOTICE = "PX002"
 MAX_COLLECT_RUNS = 3
 STORE_CHUNK_ROWS = 2000  # answers per COPY into the results store
@@ -62,6 +63,7 @@ class QueryFn(Protocol):
 
 
 class ModelEngine(Protocol):
+    def deadline_in(self, seconds: float | None) -> float | None: ...
     async def embed(self, model: Any, texts: Sequence[str], *, deadline: float | None = None) -> list[list[float]]: ...
     async def predict(self, model: Any, body: Any, *, headers: Any = None, deadline: float | None = None) -> Any: ...
 
@@ -112,31 +114,40 @@ def error_statement(error: PredictionError, parameters: int = 0) -> str:
 class Prewarmer:
     """Answers a statement's model calls into the session's results store."""
 
-    def __init__(self, query: QueryFn, engine: ModelEngine, *, in_transaction: bool, deadline: float | None) -> None:
+    def __init__(self, query: QueryFn, engine: ModelEngine, *, in_transaction: bool) -> None:
         self.query = query
         self.engine = engine
         self.in_transaction = in_transaction
-        self.deadline = deadline
+        # When the statement's model calls must be answered: its statement_timeout (read in
+        # the first statement of the proxy's own) from now; None: no limit.
+        self.deadline: float | None = None
+        self._timeout_read = False
         self._models: dict[str, SecretModelConfig] = {}
         self._store_ready = False
         self.seen: list[Call] = []  # every call met so far (to store an error for, if need be)
 
-    async def prepare(self, sql: str, sites: list[CallSite], *, single_statement: bool) -> None:
-        """Store answers for every call `sql` will make; raises PredictionError."""
+    async def prepare(
+        self, sql: str, sites: list[CallSite], *, hidden: bool = False, collect_refusal: str | None = None
+    ) -> None:
+        """Store answers for every call `sql` will make; raises PredictionError.
+
+        `hidden`: the statement reaches calls in views, triggers, generated columns or
+        functions (sql.hiding), which only a collect run finds. `collect_refusal`: why a
+        collect run cannot be done for this statement here, if it cannot.
+        """
         constant = [s for s in sites if s.constant]
         if constant:
             await self._answer(await self._evaluate(constant))
-        if len(constant) < len(sites):
-            if not single_statement:
-                raise PredictionError(
-                    "pg-model-proxy: a model call whose arguments depend on rows must be in a statement of its own",
-                    "0A000",
-                )
-            derived = arguments_query(sql)
-            if derived is not None:
-                await self._answer(await self._arguments(*derived))
-            else:
-                await self._collect(sql)
+        if len(constant) == len(sites) and not hidden:
+            return
+        if collect_refusal is not None:
+            raise PredictionError(f"pg-model-proxy: {collect_refusal}", "0A000")
+        await self._read_timeout()
+        derived = None if hidden else arguments_query(sql)
+        if derived is not None:
+            await self._answer(await self._arguments(*derived))
+        else:
+            await self._collect(sql)
 
     async def store_error(self, error: PredictionError) -> bool:
         """Store `error` as the answer of every call seen, so each raises it when it runs.
@@ -167,13 +178,33 @@ class Prewarmer:
         return reply
 
     async def _evaluate(self, sites: list[CallSite]) -> list[Call]:
-        return await self._arguments(f"SELECT {argument_columns(sites)}", [s.kind for s in sites])
+        if self._timeout_read:
+            return await self._arguments(f"SELECT {argument_columns(sites)}", [s.kind for s in sites])
+        # The session's statement_timeout comes along in the same round trip.
+        return await self._arguments(
+            f"SELECT {argument_columns(sites)}, current_setting('statement_timeout')", [s.kind for s in sites]
+        )
+
+    async def _read_timeout(self) -> None:
+        if not self._timeout_read:
+            reply = await self._own("SELECT current_setting('statement_timeout')")
+            if reply.error is not None:
+                raise _server_error(reply.error)
+            self._set_deadline(reply.rows[0][0] if reply.rows else None)
+
+    def _set_deadline(self, setting: str | None) -> None:
+        self._timeout_read = True
+        milliseconds = timeout_ms(setting)
+        if milliseconds:
+            self.deadline = self.engine.deadline_in(milliseconds / 1000)
 
     async def _arguments(self, query: str, kinds: list[str]) -> list[Call]:
         """The calls a read-only arguments query finds (two columns per call, per row)."""
         reply = await self._own(query)
         if reply.error is not None:
             raise _server_error(reply.error)
+        if not self._timeout_read:
+            self._set_deadline(reply.rows[0][-1] if reply.rows else None)
         calls = []
         for row in reply.rows:
             for n, kind in enumerate(kinds):
@@ -193,9 +224,10 @@ class Prewarmer:
             reply = await self.query(f"{begin}; SET LOCAL pg_model_proxy.collect = on; {sql}", True)
             await self.query(end, False)
             calls = [_call_from_notice(n) for n in reply.notices if n.get("C") == COLLECT_NOTICE]
-            await self._answer([c for c in calls if c is not None])
-            if reply.error is None:
-                return
+            found = [c for c in calls if c is not None]
+            await self._answer(found)
+            if reply.error is None or not found:
+                return  # done, or an error no answer can fix: the real run reports it
             # The run failed: a placeholder that did not fit, now fixed by the dimensions
             # just recorded, or a genuine error the real run will report. Try again.
             log.debug("collect run failed (%s); retrying", reply.error.get("M"))
@@ -319,6 +351,20 @@ class Prewarmer:
             )
             if reply.error is not None:
                 raise _server_error(reply.error)
+
+
+_UNITS_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def timeout_ms(setting: str | None) -> int:
+    """statement_timeout as current_setting() shows it ('0', '250ms', '5s', '2min') in ms."""
+    if not setting:
+        return 0
+    number = setting.rstrip("abcdefghijklmnopqrstuvwxyz")
+    try:
+        return int(float(number) * _UNITS_MS.get(setting[len(number):] or "ms", 1))
+    except ValueError:
+        return 0
 
 
 def _call_from_notice(fields: dict[str, str]) -> Call | None:

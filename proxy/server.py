@@ -12,6 +12,7 @@ from .config import Settings, Upstream
 from .engine.engine import Engine
 from .engine.settings import EngineSettings
 from .session import Session
+from .sql.hiding import CatalogCache
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class ProxyServer:
         self.address: tuple[str, int] | None = None
         # Whether google_ml_integration is emulated on the upstream; learnt by the first session that needs it.
         self.extension_emulated: bool | None = None
+        # Per database: the views, triggers, generated columns and functions that hide model calls.
+        self.hiding = CatalogCache(settings.catalog_ttl)
         self._engine: Engine | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
 

@@ -22,9 +22,17 @@ from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, cast
 
 from . import upstream
-from .intercept import BIND, PARSE, Forward, Held, split
-from .prediction import PredictionError, Prewarmer, Reply, error_statement, quote_literal
-from .sql.calls import find_calls, may_call_models, sql_statements
+from .intercept import BIND, PARSE, QUERY, Forward, Held, split
+from .prediction import (
+    UNANSWERED_CALL,
+    PredictionError,
+    Prewarmer,
+    Reply,
+    error_statement,
+    quote_literal,
+)
+from .sql.calls import CallSite, collect_refusal, find_calls, may_call_models
+from .sql.hiding import CATALOG_QUERY, HidingCatalog, may_change_catalog
 from .sql.rewrite import Rewriter, may_need_rewrite
 from .wire import messages as m
 from .wire.bind import UnsupportedParameter, literal, parameter_types, parse_bind, statement_name
@@ -57,6 +65,7 @@ INSPECT_LIMIT = 1 << 20
 _CLIENT_NOTE = bytes(t for t in QueryCycle.FRONTEND_NOTE if t not in b"QPB")
 _SERVER_KEEP = QueryCycle.BACKEND_KEEP + b"KES"  # + BackendKeyData, ErrorResponse, ParameterStatus
 _BIND_PARAMETER = re.compile(r"\$(\d+)")
+_SQL_TYPES = (QUERY, PARSE)
 _EXTENSION_PROBE = (
     "SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'google_ml_integration'"
 )
@@ -131,8 +140,11 @@ class Session(asyncio.Protocol):
         # Prepared statements whose model calls take bind parameters: name -> (SQL, parameter
         # types); their Binds are held to pre-warm with the values. A Parse followed by its
         # Bind in the same batch waits for it (its statement could not survive a Query).
-        self._bind_calls: dict[bytes, tuple[str, tuple[int, ...]]] = {}
+        self._bind_calls: dict[bytes, tuple[str, tuple[int, ...], bool]] = {}
         self._deferred_parse: Held | None = None
+        # DDL went through this session: the hiding catalog is reloaded again when its
+        # transaction ends (other sessions see the change only then).
+        self._catalog_changed = False
 
     # --- client leg: asyncio callbacks -------------------------------------------------
 
@@ -266,7 +278,10 @@ class Session(asyncio.Protocol):
             return False
         if type_code == BIND:
             return bool(self._bind_calls) and statement_name(body) in self._bind_calls
-        return _worth_holding(body)
+        if _worth_holding(body):
+            return True
+        catalog = self.server.hiding.get(self.database)
+        return catalog is None or catalog.may_hide(body)  # None: not known yet, ask first
 
     def _hold_list(self, events: list[tuple[int, bytes | None]]) -> list[bool]:
         """Which messages of a chunk to hold; a Bind behind a held Parse of its statement too."""
@@ -315,7 +330,10 @@ class Session(asyncio.Protocol):
         if held.type_code == BIND:
             await self._inspect_bind(held)
             return
-        if held.type_code == PARSE and self._register_bind_calls(held):
+        catalog = await self._hiding_catalog()
+        if self.state is not State.RELAY:
+            return
+        if held.type_code == PARSE and self._register_bind_calls(held, catalog):
             nxt = self._queue[0] if self._queue else None
             if (
                 isinstance(nxt, Held)
@@ -338,10 +356,11 @@ class Session(asyncio.Protocol):
             log.exception("client %s: statement passed on unchanged", self.peer)
         if self.state is not State.RELAY:
             return
-        error = await self._prewarm(held)
+        error = await self._prewarm(held, catalog)
         if self.state is not State.RELAY:
             return
         self.cycle.client_message(held.type_code)
+        self._note_ddl(held.body)
         assert self.upstream is not None
         if error is not None:
             # The server raises it for the statement: the client's transaction fails as usual.
@@ -357,25 +376,50 @@ class Session(asyncio.Protocol):
         log.debug("client %s: statement rewritten", self.peer)
         self.upstream.write(held.with_sql(rewrite.sql))
 
-    async def _prewarm(self, held: Held) -> PredictionError | None:
+    async def _prewarm(self, held: Held, catalog: HidingCatalog) -> PredictionError | None:
         """Answer the statement's model calls into the results store before it goes on."""
-        if not may_call_models(held.body):
-            return None
-        sql = held.sql()
-        sites = find_calls(sql)
-        if not sites:
+        sites, hidden = self._calls_of(held, catalog)
+        if not sites and not hidden:
             return None
         if self.cycle.status == b"E":
             return None  # a failed transaction: the server gives its usual error
-        prewarmer = Prewarmer(
-            self.own_reply,
-            self.server.model_engine(),
-            in_transaction=self.cycle.status == b"T",
-            deadline=None,
-        )
+        sql = held.sql()
+        prewarmer = Prewarmer(self.own_reply, self.server.model_engine(), in_transaction=self.cycle.status == b"T")
         return await self._run_prewarm(
-            prewarmer.prepare(sql, sites, single_statement=len(sql_statements(sql)) == 1)
+            prewarmer.prepare(sql, sites, hidden=hidden, collect_refusal=collect_refusal(sql))
         )
+
+    @staticmethod
+    def _calls_of(held: Held, catalog: HidingCatalog) -> tuple[list[CallSite], bool]:
+        """A Query/Parse's visible call sites, and whether it reaches hidden calls."""
+        visible, maybe_hidden = may_call_models(held.body), catalog.may_hide(held.body)
+        if not visible and not maybe_hidden:
+            return [], False
+        sql = held.sql()
+        return (find_calls(sql) if visible else []), maybe_hidden and catalog.hides_calls(sql)
+
+    async def _hiding_catalog(self) -> HidingCatalog:
+        """What hides model calls in this database: cached, or asked now (see sql.hiding)."""
+        catalog = self.server.hiding.get(self.database)
+        if catalog is not None:
+            return catalog
+        try:
+            rows = await self.own_query(CATALOG_QUERY)
+        except ServerError as exc:
+            log.warning("client %s: reading the catalog of hidden model calls failed: %s", self.peer, exc)
+            return HidingCatalog()
+        if rows is None:
+            return HidingCatalog()  # cannot ask now (mid-batch or failed transaction)
+        catalog = HidingCatalog.from_rows(rows)
+        self.server.hiding.put(self.database, catalog)
+        if catalog:
+            log.debug("client %s: hidden model calls in %s", self.peer, catalog)
+        return catalog
+
+    @property
+    def database(self) -> str:
+        s = self.startup
+        return (s.database or s.user or "") if s else ""
 
     async def _run_prewarm(self, preparation: Coroutine[Any, Any, None]) -> PredictionError | None:
         """Run a pre-warm as the task a CancelRequest can stop; its error, if any.
@@ -398,16 +442,14 @@ class Session(asyncio.Protocol):
             self._prewarm_task = None
         return None
 
-    def _register_bind_calls(self, held: Held) -> bool:
-        """A Parse whose model calls take bind parameters: remember it for its Binds."""
-        if not may_call_models(held.body):
-            return False
-        sql = held.sql()
-        sites = find_calls(sql)
-        if not any(_BIND_PARAMETER.search(a) for site in sites for a in site.arguments):
+    def _register_bind_calls(self, held: Held, catalog: HidingCatalog) -> bool:
+        """A Parse whose model calls take bind parameters, or are hidden: remember it for its
+        Binds, each of which is pre-warmed with its values."""
+        sites, hidden = self._calls_of(held, catalog)
+        if not hidden and not any(_BIND_PARAMETER.search(a) for site in sites for a in site.arguments):
             return False
         name = held.body[: held.body.index(b"\0")]
-        self._bind_calls[name] = (sql, parameter_types(held.body))
+        self._bind_calls[name] = (held.sql(), parameter_types(held.body), hidden)
         return True
 
     async def _inspect_bind(self, held: Held) -> None:
@@ -419,7 +461,7 @@ class Session(asyncio.Protocol):
         # for a named statement: a Query drops the unnamed one.
         can_run = deferred is not None or bool(name)
         if entry is not None and can_run and self.cycle.status != b"E":
-            sql, types = entry
+            sql, types, hidden = entry
             try:
                 bound = parse_bind(held.body)
                 values = {
@@ -431,10 +473,17 @@ class Session(asyncio.Protocol):
                     functools.partial(self.own_reply, mid_batch=deferred is None),
                     self.server.model_engine(),
                     in_transaction=self.cycle.status == b"T",
-                    deadline=None,
                 )
+                refusal = collect_refusal(concrete)
+                if self.cycle.executed and self.cycle.status == b"I":
+                    # A collect run's ROLLBACK would undo what the batch already executed.
+                    refusal = (
+                        "a statement whose model calls need a collect run (columns, triggers or views "
+                        "that call models) cannot follow other statements in one pipeline outside a "
+                        "transaction; run the pipeline inside BEGIN ... COMMIT"
+                    )
                 error = await self._run_prewarm(
-                    prewarmer.prepare(concrete, find_calls(concrete), single_statement=True)
+                    prewarmer.prepare(concrete, find_calls(concrete), hidden=hidden, collect_refusal=refusal)
                 )
                 if error is not None and not isinstance(error, ClientCancel):
                     await prewarmer.store_error(error)  # each call raises it when the statement runs
@@ -514,7 +563,8 @@ class Session(asyncio.Protocol):
                 self._idle_waiter = None
         if self.cycle.status == b"E" or self.state is not State.RELAY:
             return None
-        collector = ReplyCollector(capture_notices=capture_notices)
+        # A collect run (capturing notices) may read many rows that nobody needs.
+        collector = ReplyCollector(capture_notices=capture_notices, keep_rows=not capture_notices)
         self._own, self._own_done = collector, asyncio.get_running_loop().create_future()
         self._own_copy = copy
         assert self.upstream is not None
@@ -568,16 +618,27 @@ class Session(asyncio.Protocol):
     def _client_events(self, events: list[tuple[int, bytes | None]]) -> None:
         for type_code, body in events:
             self.cycle.client_message(type_code)
+            if body is not None and type_code in _SQL_TYPES:
+                self._note_ddl(body)
             if type_code == PARSE and self._bind_calls and body is not None:
                 self._bind_calls.pop(body[: body.index(b"\0")], None)  # redefined
             if type_code == _TERMINATE:
                 self._client_terminated = True
+
+    def _note_ddl(self, body: bytes) -> None:
+        """DDL on its way to the server may add or drop what hides model calls: look again."""
+        if may_change_catalog(body):
+            self._catalog_changed = True
+            self.server.hiding.invalidate(self.database)
 
     def _server_events(self, events: list[tuple[int, bytes | None]]) -> None:
         for type_code, body in events:
             if type_code == _READY_FOR_QUERY:
                 if self._authenticated:
                     self.cycle.server_message(type_code, body)
+                    if self._catalog_changed and self.cycle.status == b"I":
+                        self._catalog_changed = False  # committed (or not): visible to all now
+                        self.server.hiding.invalidate(self.database)
                 else:
                     self._authenticated = True
                     if body:
@@ -594,9 +655,12 @@ class Session(asyncio.Protocol):
                     self.server_major = int(digits) if digits.isdigit() else 0
             elif type_code == _ERROR_RESPONSE:
                 if body is not None:
-                    severity = m.parse_error_fields(body).get("V", "")
-                    if severity in ("FATAL", "PANIC"):
+                    fields = m.parse_error_fields(body)
+                    if fields.get("V", "") in ("FATAL", "PANIC"):
                         self._server_sent_fatal = True
+                    elif fields.get("C") == UNANSWERED_CALL:
+                        # A call the proxy did not foresee (DDL it has not seen yet?): look again.
+                        self.server.hiding.invalidate(self.database)
             else:
                 self.cycle.server_message(type_code, body)
 

@@ -980,7 +980,9 @@ BEGIN
     END IF;
     RAISE EXCEPTION 'google_ml.%: no result for this call of model "%"', fn, model_id
         USING ERRCODE = 'PX001', DETAIL = call,
-              HINT = 'Model calls are made by pg-model-proxy: run the statement through the proxy.';
+              HINT = 'pg-model-proxy makes model calls before a statement runs, and did not foresee this one: '
+                     'run it through the proxy; a pipeline outside a transaction needs BEGIN ... COMMIT; '
+                     'after DDL made elsewhere, run it again.';
 END
 $gml$;
 

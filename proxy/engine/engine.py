@@ -270,7 +270,8 @@ class Engine:
     def _deadline_error(
         self, model: ModelConfig, provider: Provider, last: ModelCallError | None
     ) -> ModelTimeout:
-        what = f"no answer from {provider.label} before the statement's deadline"
+        # The deadline is the statement's statement_timeout: say so in PostgreSQL's words.
+        what = f"canceling statement due to statement timeout: no answer from {provider.label} in time"
         if last is not None:
             what += f" (last error: {last.what})"
         return ModelTimeout(what, model_id=model.model_id)

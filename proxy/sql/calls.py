@@ -147,12 +147,27 @@ def _is_constant(node: ast.Node) -> bool:
     return not finder.row_dependent
 
 
-def sql_statements(sql: str) -> list[str]:
-    """The statements of a Query (empty when it does not parse)."""
+def collect_refusal(sql: str) -> str | None:
+    """Why `sql` cannot run as a collect run (inside a savepoint or a transaction the proxy
+    rolls back), or None when it can: every statement must be one that evaluates
+    expressions, and none may need data from the client."""
     try:
-        return [str(s) for s in pglast.split(sql)]
+        statements = pglast.parse_sql(sql)
     except pglast.parser.ParseError:
-        return []
+        return "the statement does not parse"
+    for raw in statements:
+        stmt = raw.stmt
+        if isinstance(stmt, ast.CopyStmt) and stmt.is_from and stmt.filename is None:
+            return (
+                "COPY FROM STDIN into a table whose columns or triggers call models is not supported; "
+                "use INSERT (batched all the same)"
+            )
+        if not isinstance(stmt, (*_EXECUTING, ast.DoStmt, ast.RefreshMatViewStmt, ast.VariableSetStmt)):
+            return (
+                "a model call whose arguments depend on rows cannot share a query string with "
+                f"{type(stmt).__name__.removesuffix('Stmt').upper()} statements; send it on its own"
+            )
+    return None
 
 
 def arguments_query(sql: str) -> tuple[str, list[str]] | None:

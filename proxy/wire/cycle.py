@@ -21,7 +21,7 @@ _EXECUTE = m.EXECUTE[0]
 class QueryCycle:
     """Counts owed ReadyForQuery messages and remembers the transaction status."""
 
-    __slots__ = ("pending", "unsynced", "copy_in", "status", "_syncs_since_execute")
+    __slots__ = ("pending", "unsynced", "executed", "copy_in", "status", "_syncs_since_execute")
 
     # Frontend types the session must report to `client_message`.
     FRONTEND_NOTE = b"QSFPBDECHcfX"
@@ -31,6 +31,9 @@ class QueryCycle:
     def __init__(self) -> None:
         self.pending = 0  # ReadyForQuery messages the server still owes
         self.unsynced = False  # extended-protocol messages sent since the last Sync
+        # An Execute sent since the last Sync: the batch's implicit transaction has done work
+        # that a ROLLBACK of the proxy's own would undo.
+        self.executed = False
         self.copy_in = False  # the server is waiting for CopyData from the client
         self.status = b"I"  # transaction status of the last ReadyForQuery: I, T or E
         # Syncs sent after the latest Execute: if that Execute turns out to start a COPY
@@ -50,6 +53,7 @@ class QueryCycle:
     def client_message(self, type_code: int) -> None:
         if type_code == _SYNC:
             self.unsynced = False
+            self.executed = False
             if not self.copy_in:  # a Sync inside COPY IN is ignored by the server
                 self.pending += 1
                 self._syncs_since_execute += 1
@@ -61,6 +65,7 @@ class QueryCycle:
                 self.unsynced = True
             if type_code == _EXECUTE:
                 self._syncs_since_execute = 0
+                self.executed = True
         elif type_code in _COPY_IN_END:
             self.copy_in = False
 

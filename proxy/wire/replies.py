@@ -26,8 +26,9 @@ class ServerError(Exception):
 class ReplyCollector:
     """Feed server bytes; `done` once ReadyForQuery arrived. Rows are text (or None)."""
 
-    def __init__(self, *, capture_notices: bool = False) -> None:
+    def __init__(self, *, capture_notices: bool = False, keep_rows: bool = True) -> None:
         self.rows: list[tuple[str | None, ...]] = []
+        self.keep_rows = keep_rows  # False: a collect run, whose rows nobody reads
         self.error: ServerError | None = None
         # Keep NoticeResponses (their fields) instead of handing them to the client.
         self.capture_notices = capture_notices
@@ -51,7 +52,8 @@ class ReplyCollector:
                 break
             body = bytes(buf[pos + 5 : end])
             if type_code == ord("D"):
-                self.rows.append(_data_row(body))
+                if self.keep_rows:
+                    self.rows.append(_data_row(body))
             elif type_code == ord("E"):
                 self.error = ServerError(parse_error_fields(body))
             elif type_code == ord("Z"):
