@@ -30,6 +30,8 @@ class Held:
     type_code: int
     body: bytes
     raw: bytes
+    # A Query sent again after a call the proxy did not foresee: run it as a collect run.
+    retry: bool = False
 
     def sql(self) -> str:
         if self.type_code == QUERY:

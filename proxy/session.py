@@ -145,6 +145,12 @@ class Session(asyncio.Protocol):
         # DDL went through this session: the hiding catalog is reloaded again when its
         # transaction ends (other sessions see the change only then).
         self._catalog_changed = False
+        # The Query in flight, while none of its reply has reached the client and it ran
+        # outside a transaction: if it fails on a call the proxy did not foresee (PX001), the
+        # proxy can run it again after a collect run, and the client never sees the miss.
+        self._retry_candidate: bytes | None = None
+        self._unforeseen_miss = False
+        self._held_reply: bytearray | None = None  # its failed reply, until ReadyForQuery
 
     # --- client leg: asyncio callbacks -------------------------------------------------
 
@@ -202,6 +208,11 @@ class Session(asyncio.Protocol):
             if self._tag_rewrites:
                 data = self._restore_tags(data, events)
             self._server_events(events)
+            if self._unforeseen_miss or self._held_reply is not None:
+                data = self._hold_for_retry(data, events)
+                if not data:
+                    return  # held until ReadyForQuery, or run again: the client never sees it
+        self._retry_candidate = None  # part of the reply reaches the client
         if self.client is not None and self.state is not State.CLOSED:
             self.client.write(data)
             if self._deferred_error is not None and self._deferred_done():
@@ -368,6 +379,8 @@ class Session(asyncio.Protocol):
             self.upstream.write(held.with_sql(error_statement(error, parameters)))
             return
         if rewrite is None:
+            if held.type_code == QUERY and not held.retry:
+                self._query_sent(held.body)
             self.upstream.write(held.raw)
             return
         if rewrite.tags:
@@ -379,6 +392,7 @@ class Session(asyncio.Protocol):
     async def _prewarm(self, held: Held, catalog: HidingCatalog) -> PredictionError | None:
         """Answer the statement's model calls into the results store before it goes on."""
         sites, hidden = self._calls_of(held, catalog)
+        hidden = hidden or held.retry
         if not sites and not hidden:
             return None
         if self.cycle.status == b"E":
@@ -620,10 +634,39 @@ class Session(asyncio.Protocol):
             self.cycle.client_message(type_code)
             if body is not None and type_code in _SQL_TYPES:
                 self._note_ddl(body)
+                if type_code == QUERY:
+                    self._query_sent(body)
             if type_code == PARSE and self._bind_calls and body is not None:
                 self._bind_calls.pop(body[: body.index(b"\0")], None)  # redefined
             if type_code == _TERMINATE:
                 self._client_terminated = True
+
+    def _query_sent(self, body: bytes) -> None:
+        """A Query went to the server: remember it while it can still be run again."""
+        self._retry_candidate = body if self.cycle.pending == 1 and self.cycle.status == b"I" else None
+
+    def _hold_for_retry(self, data: bytes, events: list[tuple[int, bytes | None]]) -> bytes:
+        """The candidate Query failed on a call nobody pre-warmed: hold its reply until
+        ReadyForQuery, then send the Query again as a collect run if nothing was committed
+        and nothing else waits. Returns the bytes the client must get now (b"": none)."""
+        codes = [t for t, _ in events]
+        if self._held_reply is None:  # the miss is in this chunk
+            self._unforeseen_miss = False
+            failed_first = _COMMAND_COMPLETE not in codes[: codes.index(_ERROR_RESPONSE)]
+            if self._retry_candidate is None or not failed_first:
+                return data
+            self._held_reply = bytearray()
+        self._held_reply += data
+        if _READY_FOR_QUERY not in codes:
+            return b""
+        reply, self._held_reply = bytes(self._held_reply), None
+        body, self._retry_candidate = self._retry_candidate, None
+        if body is None or self.cycle.pending or self.cycle.status != b"I" or self._queue or self._inspecting:
+            return reply
+        log.info("client %s: a model call nobody foresaw; running the statement again after a collect run", self.peer)
+        self._queue.appendleft(Held(QUERY, body, m.message(m.QUERY, body), retry=True))
+        self._drain()
+        return b""
 
     def _note_ddl(self, body: bytes) -> None:
         """DDL on its way to the server may add or drop what hides model calls: look again."""
@@ -661,6 +704,7 @@ class Session(asyncio.Protocol):
                     elif fields.get("C") == UNANSWERED_CALL:
                         # A call the proxy did not foresee (DDL it has not seen yet?): look again.
                         self.server.hiding.invalidate(self.database)
+                        self._unforeseen_miss = True
             else:
                 self.cycle.server_message(type_code, body)
 

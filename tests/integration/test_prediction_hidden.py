@@ -202,17 +202,45 @@ def test_user_functions_that_embed(conn, openai):
     assert "DEEP" in inputs_sent(openai)
 
 
-def test_ddl_made_elsewhere_is_discovered_after_one_miss(conn, database, dbname):
-    """DDL that bypasses the proxy: the first statement misses (PX001); the proxy looks again."""
+def test_ddl_made_elsewhere_simple_query_is_run_again(conn, database, model_proxy, dbname, openai):
+    """DDL that bypasses the proxy: the statement misses (PX001) on a call nobody foresaw. A
+    simple Query outside a transaction, none of whose reply reached the client, is run again
+    after a collect run: the client sees only the success."""
     conn.execute("SELECT 1")  # the proxy has read this database's catalog
     with psycopg.connect(database.direct_dsn(database=dbname), autocommit=True) as direct:
         direct.execute(
             "CREATE TABLE late (content text, emb real[] GENERATED ALWAYS AS (embedding('emb', content)) STORED)"
         )
+    out = psql(model_proxy, dbname, "INSERT INTO late (content) VALUES ('x'), ('y')")
+    assert out.returncode == 0 and out.stdout.strip() == "INSERT 0 2", out.stderr
+    rows = dict(conn.execute("SELECT content, emb FROM late").fetchall())
+    assert close_to(rows["x"], expected("x")) and close_to(rows["y"], expected("y"))
+
+
+def test_call_hidden_from_the_catalog_simple_query_is_run_again(conn, model_proxy, dbname):
+    """Dynamic SQL hides the call even from function bodies: found by the retry's collect run."""
+    conn.execute(
+        "CREATE FUNCTION sneaky(t text) RETURNS real[] LANGUAGE plpgsql AS $$ DECLARE r real[]; "
+        "BEGIN EXECUTE 'SELECT ' || 'embed' || 'ding($1, $2)' INTO r USING 'emb', t; RETURN r; END $$"
+    )
+    out = psql(model_proxy, dbname, "SELECT cardinality(sneaky('dynamic'))")
+    assert out.returncode == 0 and out.stdout.strip() == "1536", out.stderr
+    # In a transaction the miss cannot be retried: the client gets PX001, with its hint.
+    out = psql(model_proxy, dbname, "BEGIN; SELECT cardinality(sneaky('in a transaction')); COMMIT")
+    assert out.returncode != 0 and "no result for this call" in out.stderr
+
+
+def test_ddl_made_elsewhere_extended_protocol_works_after_one_miss(conn, database, dbname):
+    """Extended protocol: the miss is the client's error, and the proxy looks at the catalog again."""
+    conn.execute("SELECT 1")
+    with psycopg.connect(database.direct_dsn(database=dbname), autocommit=True) as direct:
+        direct.execute(
+            "CREATE TABLE late (content text, emb real[] GENERATED ALWAYS AS (embedding('emb', content)) STORED)"
+        )
     with pytest.raises(psycopg.Error) as miss:
-        conn.execute("INSERT INTO late (content) VALUES ('x')")
+        conn.execute("INSERT INTO late (content) VALUES (%s)", ("x",))
     assert miss.value.sqlstate == "PX001"
-    conn.execute("INSERT INTO late (content) VALUES ('x')")
+    conn.execute("INSERT INTO late (content) VALUES (%s)", ("x",))
     assert close_to(conn.execute("SELECT emb FROM late").fetchone()[0], expected("x"))
 
 
