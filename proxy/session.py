@@ -417,10 +417,19 @@ class Session(asyncio.Protocol):
         catalog = self.server.hiding.get(self.database)
         if catalog is not None:
             return catalog
+        in_transaction = self.cycle.status == b"T"
         try:
-            rows = await self.own_query(CATALOG_QUERY)
+            # In the client's transaction, a savepoint keeps a failure (a statement_timeout,
+            # say) from aborting it.
+            rows = await self.own_query(
+                f"SAVEPOINT pgmp_catalog; {CATALOG_QUERY}; RELEASE SAVEPOINT pgmp_catalog"
+                if in_transaction
+                else CATALOG_QUERY
+            )
         except ServerError as exc:
             log.warning("client %s: reading the catalog of hidden model calls failed: %s", self.peer, exc)
+            if in_transaction:
+                await self.own_query("ROLLBACK TO SAVEPOINT pgmp_catalog; RELEASE SAVEPOINT pgmp_catalog")
             return HidingCatalog()
         if rows is None:
             return HidingCatalog()  # cannot ask now (mid-batch or failed transaction)

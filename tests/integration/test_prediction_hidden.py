@@ -300,3 +300,20 @@ def test_statement_timeout_bounds_the_model_calls(conn, openai):
     openai.latency = 0
     conn.execute("SET statement_timeout = 0")
     assert close_to(conn.execute("SELECT google_ml.embedding('emb', 'slow')").fetchone()[0], expected("slow"))
+
+
+def test_catalog_read_inside_a_client_transaction_leaves_it_intact(model_proxy, dbname, openai):
+    """psycopg's default: every statement inside BEGIN. DDL in the transaction makes the proxy
+    read the catalog again there (in a savepoint); the transaction goes on, sees its own new
+    trigger, and commits."""
+    with psycopg.connect(model_proxy.dsn(database=dbname)) as conn:  # not autocommit
+        conn.execute("CREATE TABLE notes (body text, embedding real[])")
+        conn.execute(
+            "CREATE FUNCTION notes_embed() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN NEW.embedding := embedding('emb', NEW.body); RETURN NEW; END $$"
+        )
+        conn.execute("CREATE TRIGGER embed BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION notes_embed()")
+        conn.execute("INSERT INTO notes VALUES ('in a transaction')")
+        conn.commit()
+        row = conn.execute("SELECT body, embedding FROM notes").fetchone()
+    assert row[0] == "in a transaction" and close_to(row[1], expected("in a transaction"))
