@@ -45,7 +45,8 @@ UNANSWERED_CALL = "PX001"  # a call with no stored answer (the statement was not
 COLLECT_NOTICE = "PX002"
 MAX_COLLECT_RUNS = 3
 STORE_CHUNK_ROWS = 2000  # answers per COPY into the results store
-SMALL_STORE_ROWS = 16  # up to this many answers: one INSERT, no COPY
+SMALL_STORE_ROWS = 16
+MAX_ARGUMENT_COLUMNS = 400  # beyond, constant calls are evaluated one row per call  # up to this many answers: one INSERT, no COPY
 
 
 @dataclass
@@ -64,8 +65,21 @@ class QueryFn(Protocol):
 
 class ModelEngine(Protocol):
     def deadline_in(self, seconds: float | None) -> float | None: ...
-    async def embed(self, model: Any, texts: Sequence[str], *, deadline: float | None = None) -> list[list[float]]: ...
+    async def embed(
+        self, model: Any, texts: Sequence[str], *, headers: Any = None, deadline: float | None = None
+    ) -> list[list[float]]: ...
     async def predict(self, model: Any, body: Any, *, headers: Any = None, deadline: float | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement to pre-warm: its SQL (bind values as literals), its visible call sites,
+    whether it reaches hidden calls, and why a collect run is impossible for it (if so)."""
+
+    sql: str
+    sites: list[CallSite]
+    hidden: bool = False
+    collect_refusal: str | None = None
 
 
 class PredictionError(Exception):
@@ -135,19 +149,33 @@ class Prewarmer:
         functions (sql.hiding), which only a collect run finds. `collect_refusal`: why a
         collect run cannot be done for this statement here, if it cannot.
         """
-        constant = [s for s in sites if s.constant]
+        await self.prepare_many([Statement(sql, sites, hidden, collect_refusal)])
+
+    async def prepare_many(self, statements: list[Statement]) -> None:
+        """`prepare` for the statements of a pipeline (e.g. an executemany's Binds) at once:
+        one evaluation of every constant call, one collect run per statement that needs
+        one, and the models called for all of them together."""
+        constant = [s for st in statements for s in st.sites if s.constant]
         if constant:
             await self._answer(await self._evaluate(constant))
-        if len(constant) == len(sites) and not hidden:
+        rest = [st for st in statements if st.hidden or not all(s.constant for s in st.sites)]
+        if not rest:
             return
-        if collect_refusal is not None:
-            raise PredictionError(f"pg-model-proxy: {collect_refusal}", "0A000")
+        for st in rest:
+            if st.collect_refusal is not None:
+                raise PredictionError(f"pg-model-proxy: {st.collect_refusal}", "0A000")
         await self._read_timeout()
-        derived = None if hidden else arguments_query(sql)
-        if derived is not None:
-            await self._answer(await self._arguments(*derived))
-        else:
-            await self._collect(sql)
+        derived_calls: list[Call] = []
+        collect: list[str] = []
+        for st in rest:
+            derived = None if st.hidden else arguments_query(st.sql)
+            if derived is not None:
+                derived_calls += await self._arguments(*derived)
+            else:
+                collect.append(st.sql)
+        await self._answer(derived_calls)
+        if collect:
+            await self._collect(collect)
 
     async def store_error(self, error: PredictionError) -> bool:
         """Store `error` as the answer of every call seen, so each raises it when it runs.
@@ -178,6 +206,16 @@ class Prewarmer:
         return reply
 
     async def _evaluate(self, sites: list[CallSite]) -> list[Call]:
+        if len(sites) > MAX_ARGUMENT_COLUMNS // 2:
+            # Many calls (a pipeline's): one row each, as PostgreSQL caps a row's columns.
+            await self._read_timeout()
+            values = ", ".join(
+                f"({quote_literal(s.kind)}, ({m})::text, ({i})::text)" for s in sites for m, i in [s.arguments]
+            )
+            reply = await self._own(f"SELECT * FROM (VALUES {values}) AS v(kind, m, i)")
+            if reply.error is not None:
+                raise _server_error(reply.error)
+            return [Call(str(k), m, i) for k, m, i in reply.rows if m is not None and i is not None]
         if self._timeout_read:
             return await self._arguments(f"SELECT {argument_columns(sites)}", [s.kind for s in sites])
         # The session's statement_timeout comes along in the same round trip.
@@ -213,24 +251,33 @@ class Prewarmer:
                     calls.append(Call(kind, model_id, text))
         return calls
 
-    async def _collect(self, sql: str) -> None:
+    async def _collect(self, statements: list[str]) -> None:
+        """Collect runs of each statement, then the models called once for all they found."""
         begin, end = (
             ("SAVEPOINT pgmp_collect", "ROLLBACK TO SAVEPOINT pgmp_collect; RELEASE SAVEPOINT pgmp_collect")
             if self.in_transaction
             else ("BEGIN", "ROLLBACK")
         )
+        pending = statements
         for _ in range(MAX_COLLECT_RUNS):
             await self._ensure_store()
-            reply = await self.query(f"{begin}; SET LOCAL pg_model_proxy.collect = on; {sql}", True)
-            await self.query(end, False)
-            calls = [_call_from_notice(n) for n in reply.notices if n.get("C") == COLLECT_NOTICE]
-            found = [c for c in calls if c is not None]
+            found: list[Call] = []
+            failed: list[str] = []
+            for sql in pending:
+                reply = await self.query(f"{begin}; SET LOCAL pg_model_proxy.collect = on; {sql}", True)
+                await self.query(end, False)
+                calls = [_call_from_notice(n) for n in reply.notices if n.get("C") == COLLECT_NOTICE]
+                seen = [c for c in calls if c is not None]
+                found += seen
+                if reply.error is not None and seen:
+                    # A placeholder that did not fit (fixed by the dimensions about to be
+                    # recorded), or a genuine error the real run will report: run it again.
+                    log.debug("collect run failed (%s); retrying", reply.error.get("M"))
+                    failed.append(sql)
             await self._answer(found)
-            if reply.error is None or not found:
-                return  # done, or an error no answer can fix: the real run reports it
-            # The run failed: a placeholder that did not fit, now fixed by the dimensions
-            # just recorded, or a genuine error the real run will report. Try again.
-            log.debug("collect run failed (%s); retrying", reply.error.get("M"))
+            pending = failed
+            if not pending:
+                return
 
     async def _answer(self, calls: list[Call]) -> None:
         if not calls:
@@ -238,8 +285,11 @@ class Prewarmer:
         unique = list(dict.fromkeys(calls))
         self.seen.extend(unique)
         await self._load_models({c.model_id for c in unique})
+        from . import transforms  # (it imports this module)
+
         embeddings: dict[str, list[Call]] = {}
         predictions: list[Call] = []
+        user_functions: list[Call] = []  # models with transform or header functions to run
         for call in unique:
             model = self._models[call.model_id]
             if call.kind == "embedding":
@@ -248,16 +298,17 @@ class Prewarmer:
                         f"model {call.model_id} is not a text_embedding model", "22023"
                     )
                 if not native_embedding(model):
-                    raise PredictionError(
-                        f"model {call.model_id}: user transform and header functions are not supported by "
-                        "pg-model-proxy yet",
-                        "0A000",
-                    )
+                    user_functions.append(call)
+                    continue
                 embeddings.setdefault(call.model_id, []).append(call)
+            elif transforms.user_header_fn(model) is not None:
+                user_functions.append(call)
             else:
                 predictions.append(call)
         rows: list[dict[str, Any]] = []
         try:
+            if user_functions:
+                rows += await transforms.answer(user_functions, self._models, self._own, self.engine, self.deadline)
             for model_id, group in embeddings.items():
                 vectors = await self.engine.embed(
                     self._models[model_id], [c.input for c in group], deadline=self.deadline

@@ -102,9 +102,18 @@ class Engine:
     # -- calls -----------------------------------------------------------------------------
 
     async def embed(
-        self, model: ModelConfig, texts: Sequence[str], *, deadline: float | None = None
+        self,
+        model: ModelConfig,
+        texts: Sequence[str],
+        *,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> list[list[float]]:
-        """One vector per text, in input order; each distinct text is sent once."""
+        """One vector per text, in input order; each distinct text is sent once.
+
+        `headers` (e.g. from the model's header function) go on every request, over the
+        credentials' headers of the same name, as in `predict`.
+        """
         secrets: set[str] = set()
         try:
             provider = provider_for(model.model_provider, model_id=model.model_id)
@@ -117,7 +126,9 @@ class Engine:
             if not texts:
                 return []
             unique, positions = dedupe(texts)
-            auth = await self._auth_headers(model, provider, deadline, secrets)
+            auth: Mapping[str, str] = await self._auth_headers(model, provider, deadline, secrets)
+            if headers:
+                auth = self._with_explicit_headers(auth, headers, secrets)
             batches = split(unique, provider.batch_limit(model), provider.batch_char_budget(model))
 
             async def one_batch(batch: list[str]) -> list[list[float]]:
@@ -150,12 +161,9 @@ class Engine:
         secrets: set[str] = set()
         try:
             provider = provider_for(model.model_provider, model_id=model.model_id)
-            merged = httpx.Headers(await self._auth_headers(model, provider, deadline, secrets))
+            merged: Mapping[str, str] = await self._auth_headers(model, provider, deadline, secrets)
             if headers:
-                secrets |= secret_values(
-                    {k: v for k, v in headers.items() if _SENSITIVE_HEADER.search(k)}
-                )
-                merged.update(headers)
+                merged = self._with_explicit_headers(merged, headers, secrets)
             request = provider.predict_request(model, body, self.settings, merged)
             response = await self._send(model, provider, request, deadline, secrets)
             return provider.parse_prediction(model, response)
@@ -164,6 +172,16 @@ class Engine:
             raise
 
     # -- internals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _with_explicit_headers(
+        auth: Mapping[str, str], headers: Mapping[str, str], secrets: set[str]
+    ) -> httpx.Headers:
+        """The credentials' headers with `headers` over them; sensitive values become secrets."""
+        secrets |= secret_values({k: v for k, v in headers.items() if _SENSITIVE_HEADER.search(k)})
+        merged = httpx.Headers(auth)
+        merged.update(headers)
+        return merged
 
     async def _auth_headers(
         self, model: ModelConfig, provider: Provider, deadline: float | None, secrets: set[str]

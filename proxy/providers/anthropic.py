@@ -18,6 +18,7 @@ API_VERSION = "2023-06-01"
 class Anthropic(Provider):
     name = "anthropic"
     label = "Anthropic"
+    builtin_header_fns = frozenset({"google_ml.anthropic_claude_header_gen_fn"})
 
     def auth_headers(self, secret: str) -> dict[str, str]:
         return {"x-api-key": secret}

@@ -38,6 +38,8 @@ class Provider:
     label: ClassVar[str] = ""  # how error messages name it
     # Transform functions the provider's native embedding path stands in for
     builtin_transforms: ClassVar[frozenset[str]] = frozenset()
+    # Header functions whose headers the provider adds itself (`default_headers`)
+    builtin_header_fns: ClassVar[frozenset[str]] = frozenset()
     supports_embeddings: ClassVar[bool] = False
 
     # -- authentication --------------------------------------------------------------------

@@ -34,9 +34,10 @@ def native_embedding(model: ModelConfig) -> bool:
     """Whether `Engine.embed` serves the model itself, batched.
 
     True for a provider with built-in embedding support when the model has no transform
-    functions or only the provider's built-in ones, and no header function (its headers depend
-    on each text, so texts cannot share a request). Otherwise the session runs the model's
-    functions in the database and calls `Engine.predict` with each request body.
+    functions or only the provider's built-in ones, and no header function. Otherwise
+    `proxy.transforms` runs the model's functions in the database: user transforms give one
+    `Engine.predict` request a body; a header function alone keeps the native batches for
+    texts with the same headers.
     """
     provider = PROVIDERS.get(model.model_provider)
     if provider is None or not provider.supports_embeddings:

@@ -26,7 +26,7 @@ from proxy.engine.errors import ModelConfigError
 from proxy.engine.models import ModelConfig
 from proxy.engine.settings import DEFAULT_VERTEX_BASE_URL, EngineSettings
 
-from .base import Provider, Vector
+from .base import Provider, Vector, json_content
 
 _REGIONAL_HOST = re.compile(
     r"^https://([a-z][a-z0-9-]*)-aiplatform\.googleapis\.com(?=[/?#]|$)", re.I
@@ -90,11 +90,23 @@ class VertexAI(Provider):
         settings: EngineSettings,
         headers: Mapping[str, str],
     ) -> httpx.Request:
-        url = self.request_url(model, settings)
-        if ":" not in url.rsplit("/", 1)[-1]:
-            url += ":predict"
+        url = _with_verb(self.request_url(model, settings))
         body = {"instances": [{"content": text} for text in texts]}
         return self.post(model, url, json.dumps(body, ensure_ascii=False).encode(), headers)
+
+    def predict_request(
+        self,
+        model: ModelConfig,
+        body: Any,
+        settings: EngineSettings,
+        headers: Mapping[str, str],
+    ) -> httpx.Request:
+        # An embedding model's URL names no method: its bodies (from a user input transform,
+        # or predict_row's) go to :predict, as the native batches do.
+        url = self.request_url(model, settings)
+        if model.model_type in ("text_embedding", "multimodal_embedding"):
+            url = _with_verb(url)
+        return self.post(model, url, json_content(body), headers)
 
     def parse_embeddings(
         self, model: ModelConfig, response: httpx.Response, count: int
@@ -143,6 +155,11 @@ class VertexAI(Provider):
         if match := _GLOBAL_HOST.match(url):
             return _base_url(settings.vertex_base_url, "global") + url[match.end() :]
         return url
+
+
+def _with_verb(url: str) -> str:
+    """`url` with `:predict` when its last segment names no method."""
+    return url if ":" in url.rsplit("/", 1)[-1] else url + ":predict"
 
 
 def _base_url(template: str, region: str) -> str:
