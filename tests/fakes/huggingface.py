@@ -19,15 +19,25 @@ Checked against (search tool, corpora docs/issues/code):
   loading", "estimated_time": 20.0}`` (huggingface/transformers#32665).
 - Text-generation: ``{"inputs": "...", "parameters": {...}}`` -> ``[{"generated_text": ...}]``,
   the prompt included unless ``parameters.return_full_text`` is false.
+- Zero-shot classification (the AlloyDB guide's Hugging Face example, facebook/bart-large-mnli):
+  ``{"inputs": "...", "parameters": {"candidate_labels": [...], "multi_label"?}}`` (candidate
+  labels in ``parameters``, not ``inputs``: huggingface/huggingface.js#1037) ->
+  ``[{"label", "score"}, ...]`` best first (``@huggingface/tasks``
+  ``zero-shot-classification/spec/output.json``; a real answer of facebook/bart-large-mnli on
+  hf-inference is quoted in huggingface/huggingface_hub#3557). Scores sum to 1 unless
+  ``multi_label``. The 400 text for missing labels is this fake's own.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 from typing import Any
 
-from .base import FakeProvider, RecordedRequest, Responder, Response, bearer_token
+from .base import RecordedRequest, Responder, Response, bearer_token
 from .embeddings import embed
+from .shapes import BadShapes
 
 _PATH = re.compile(r"^(?:/hf-inference)?/models/(?P<model>.+?)(?:/pipeline/(?P<task>[\w-]+))?$")
 
@@ -45,6 +55,7 @@ GENERATION_MODELS = {
     "HuggingFaceH4/zephyr-7b-beta",
     "mistralai/Mistral-7B-Instruct-v0.3",
 }
+CLASSIFICATION_MODELS = {"facebook/bart-large-mnli", "MoritzLaurer/ModernBERT-large-zeroshot-v2.0"}
 MAX_CLIENT_BATCH = 32
 
 _ERRORS = {
@@ -59,7 +70,23 @@ def _continuation(prompt: str) -> str:
     return " and so the story continues."
 
 
-class FakeHuggingFace(FakeProvider):
+def classify(text: str, labels: list[str], multi_label: bool = False) -> list[dict[str, Any]]:
+    """The fake's zero-shot answer: a deterministic score per label, best first."""
+    raw = [
+        int.from_bytes(hashlib.sha256(f"{text}\0{label}".encode()).digest()[:4], "big") / 2**32
+        for label in labels
+    ]
+    if multi_label:  # each label on its own, in (0, 1)
+        scores = raw
+    else:  # a softmax: the scores sum to 1
+        exps = [math.exp(4 * r) for r in raw]
+        total = math.fsum(exps)
+        scores = [e / total for e in exps]
+    ranked = sorted(zip(labels, scores, strict=True), key=lambda pair: -pair[1])
+    return [{"label": label, "score": score} for label, score in ranked]
+
+
+class FakeHuggingFace(BadShapes):
     """Serves ``{base_url}/models/{model}`` and ``{base_url}/hf-inference/models/{model}/pipeline/{task}``."""
 
     real_max_batch = MAX_CLIENT_BATCH
@@ -70,6 +97,7 @@ class FakeHuggingFace(FakeProvider):
         *,
         embedding_dims: dict[str, int] | None = None,
         generation_models: set[str] | None = None,
+        classification_models: set[str] | None = None,
         single_as_batch: bool = True,
         responder: Responder = _continuation,
         **kwargs: Any,
@@ -77,6 +105,9 @@ class FakeHuggingFace(FakeProvider):
         self.embedding_dims = dict(EMBEDDING_DIMS if embedding_dims is None else embedding_dims)
         self.generation_models = set(
             GENERATION_MODELS if generation_models is None else generation_models
+        )
+        self.classification_models = set(
+            CLASSIFICATION_MODELS if classification_models is None else classification_models
         )
         self.single_as_batch = single_as_batch
         self.responder = responder  # prompt -> generated continuation
@@ -112,6 +143,14 @@ class FakeHuggingFace(FakeProvider):
             return [{"text": "no generated_text key"}]
         return {"embeddings": good}
 
+    def without_vectors(self, request: RecordedRequest, good: Any) -> Any:
+        return {"embeddings": good}  # an object where the array of vectors belongs
+
+    def mixed_dimensions(self, request: RecordedRequest, good: Any) -> Any:
+        if isinstance(good, list) and good and isinstance(good[-1], list):
+            return [*good[:-1], good[-1][:-1]]
+        return good
+
     # ------------------------------------------------------------------ routing
     def route(self, request: RecordedRequest) -> Response:
         m = _PATH.match(request.path)
@@ -122,7 +161,13 @@ class FakeHuggingFace(FakeProvider):
             return self._features(model, request.json)
         if model in self.generation_models and task in (None, "text-generation"):
             return self._generate(model, request.json)
-        if model in self.embedding_dims or model in self.generation_models:
+        if model in self.classification_models and task in (None, "zero-shot-classification"):
+            return self._classify(request.json)
+        if (
+            model in self.embedding_dims
+            or model in self.generation_models
+            or model in self.classification_models
+        ):
             return self.error(400, f"Model '{model}' doesn't support task '{task}'.")
         return self.error(404, f"Model {model} does not exist")
 
@@ -161,6 +206,32 @@ class FakeHuggingFace(FakeProvider):
         if single and not self.single_as_batch:
             return Response(200, vectors[0])
         return Response(200, vectors)
+
+    def _classify(self, body: Any) -> Response:
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        params = body.get("parameters") if isinstance(body, dict) else None
+        labels = params.get("candidate_labels") if isinstance(params, dict) else None
+        if isinstance(labels, str):  # the pipeline also takes "a, b, c"
+            labels = [label.strip() for label in labels.split(",") if label.strip()]
+        if not isinstance(inputs, str) or not inputs:
+            return Response(
+                422,
+                {
+                    "error": "Input validation error: `inputs` must be a non-empty string",
+                    "error_type": "Validation",
+                },
+            )
+        if (
+            not isinstance(labels, list)
+            or not labels
+            or not all(isinstance(x, str) for x in labels)
+        ):
+            return Response(
+                400,
+                {"error": "`parameters.candidate_labels` must be a non-empty list of strings"},
+            )
+        assert isinstance(params, dict)
+        return Response(200, classify(inputs, labels, bool(params.get("multi_label", False))))
 
     def _generate(self, model: str, body: Any) -> Response:
         inputs = body.get("inputs") if isinstance(body, dict) else None

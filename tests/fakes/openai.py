@@ -31,8 +31,9 @@ import time
 import uuid
 from typing import Any
 
-from .base import FakeProvider, RecordedRequest, Responder, Response, bearer_token, echo
+from .base import RecordedRequest, Responder, Response, bearer_token, echo
 from .embeddings import count_tokens, embed
+from .shapes import BadShapes
 
 EMBEDDING_DIMS = {
     "text-embedding-3-small": 1536,
@@ -76,7 +77,7 @@ def openai_error(
     )
 
 
-class FakeOpenAI(FakeProvider):
+class FakeOpenAI(BadShapes):
     """Serves ``{base_url}/v1/embeddings`` and ``{base_url}/v1/chat/completions``."""
 
     real_max_batch = MAX_INPUTS
@@ -136,6 +137,23 @@ class FakeOpenAI(FakeProvider):
         if isinstance(good, dict) and "choices" in good:
             return {**good, "choices": []}
         return {"object": "list"}
+
+    def without_vectors(self, request: RecordedRequest, good: Any) -> Any:
+        if isinstance(good, dict) and "data" in good:
+            return {k: v for k, v in good.items() if k != "data"}
+        return {"object": "list"}
+
+    def mixed_dimensions(self, request: RecordedRequest, good: Any) -> Any:
+        if not (isinstance(good, dict) and isinstance(good.get("data"), list) and good["data"]):
+            return good
+        data = [dict(item) for item in good["data"]]
+        last = max(data, key=lambda item: item["index"])  # the last input, wherever it is
+        vector = last["embedding"]
+        if isinstance(vector, str):  # encoding_format=base64: drop the last float32
+            last["embedding"] = base64.b64encode(base64.b64decode(vector)[:-4]).decode()
+        else:
+            last["embedding"] = vector[:-1]
+        return {**good, "data": data}
 
     # ------------------------------------------------------------------ routing
     def route(self, request: RecordedRequest) -> Response:

@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .base import (
-    FakeProvider,
     RecordedRequest,
     Responder,
     Response,
@@ -46,6 +45,7 @@ from .base import (
     google_error,
 )
 from .embeddings import count_tokens, embed, truncated
+from .shapes import BadShapes
 
 _PATH = re.compile(
     r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)"
@@ -101,7 +101,7 @@ def is_gemini(model: str) -> bool:
     return model.startswith("gemini-") and "embedding" not in model
 
 
-class FakeVertex(FakeProvider):
+class FakeVertex(BadShapes):
     """``{base_url}/v1/projects/{p}/locations/{r}/publishers/google/models/{m}:{method}``."""
 
     real_max_batch = MAX_INSTANCES
@@ -153,6 +153,23 @@ class FakeVertex(FakeProvider):
         if isinstance(good, list):
             return good[0] if good else {}  # an object where an array belongs
         return {"candidates": [{"content": {"role": "model"}, "finishReason": "STOP"}]}  # no parts
+
+    def without_vectors(self, request: RecordedRequest, good: Any) -> Any:
+        if isinstance(good, dict) and "predictions" in good:
+            return {k: v for k, v in good.items() if k != "predictions"}
+        return {"metadata": {}}
+
+    def mixed_dimensions(self, request: RecordedRequest, good: Any) -> Any:
+        if not (isinstance(good, dict) and isinstance(good.get("predictions"), list)):
+            return good
+        predictions = [dict(p) for p in good["predictions"]]
+        if predictions:
+            last = predictions[-1]
+            last["embeddings"] = {
+                **last["embeddings"],
+                "values": last["embeddings"]["values"][:-1],
+            }
+        return {**good, "predictions": predictions}
 
     # ------------------------------------------------------------------ routing
     def route(self, request: RecordedRequest) -> Response:
