@@ -113,6 +113,12 @@ async def call_with_retries(
                 raise last from None
             delay = policy.delay(number, retry.retry_after, rng)
             if delay is None:
+                # Only a Retry-After past the limit refuses a delay: say why we did not wait.
+                last.message += (
+                    f" (asked to retry after {retry.retry_after:g} s; pg-model-proxy waits at "
+                    f"most {policy.max_retry_after:g} s)"
+                )
+                last.args = (last.message,)
                 raise last from None
             if deadline is not None and clock() + delay >= deadline:
                 raise deadline_error(last) from None
