@@ -32,6 +32,8 @@ class Held:
     raw: bytes
     # A Query sent again after a call the proxy did not foresee: run it as a collect run.
     retry: bool = False
+    # A Bind whose model calls were pre-warmed with its pipeline's (it goes on unchanged).
+    prewarmed: bool = False
 
     def sql(self) -> str:
         if self.type_code == QUERY:

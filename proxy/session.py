@@ -17,7 +17,7 @@ import logging
 import re
 import struct
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,6 +28,7 @@ from .prediction import (
     PredictionError,
     Prewarmer,
     Reply,
+    Statement,
     error_statement,
     quote_literal,
 )
@@ -69,6 +70,23 @@ _SQL_TYPES = (QUERY, PARSE)
 _EXTENSION_PROBE = (
     "SELECT count(*) FROM pg_catalog.pg_available_extensions WHERE name = 'google_ml_integration'"
 )
+
+
+# A prepared statement with model calls: its SQL, parameter types, and whether calls hide.
+_BindEntry = tuple[str, tuple[int, ...], bool]
+READ_AHEAD_LIMIT = 64 << 20  # bytes of a pipeline read ahead to pre-warm all its Binds
+_PIPELINE_END = frozenset(b"SH")  # Sync, Flush: the client may wait for answers there
+
+
+def _pipeline_ends(segments: Iterable[Forward | Held]) -> bool:
+    """Do these queued segments reach the end of the client's pipeline?"""
+    for segment in segments:
+        if isinstance(segment, Forward):
+            if any(type_code in _PIPELINE_END for type_code, _ in segment.events):
+                return True
+        elif segment.type_code == QUERY:
+            return True
+    return False
 
 
 class ClientCancel(PredictionError):
@@ -140,7 +158,7 @@ class Session(asyncio.Protocol):
         # Prepared statements whose model calls take bind parameters: name -> (SQL, parameter
         # types); their Binds are held to pre-warm with the values. A Parse followed by its
         # Bind in the same batch waits for it (its statement could not survive a Query).
-        self._bind_calls: dict[bytes, tuple[str, tuple[int, ...], bool]] = {}
+        self._bind_calls: dict[bytes, _BindEntry] = {}
         self._deferred_parse: Held | None = None
         # DDL went through this session: the hiding catalog is reloaded again when its
         # transaction ends (other sessions see the change only then).
@@ -151,6 +169,9 @@ class Session(asyncio.Protocol):
         self._retry_candidate: bytes | None = None
         self._unforeseen_miss = False
         self._held_reply: bytearray | None = None  # its failed reply, until ReadyForQuery
+        # Reading a pipeline ahead to its Sync (see _read_pipeline): done when it is queued.
+        self._read_ahead: asyncio.Future[None] | None = None
+        self._read_ahead_bytes = 0
 
     # --- client leg: asyncio callbacks -------------------------------------------------
 
@@ -278,7 +299,12 @@ class Session(asyncio.Protocol):
                 self.upstream.write(data)
         else:
             hold = self._hold_list(events)
-            self._queue.extend(split(data, events, list(scanner.offsets), hold))
+            segments = split(data, events, list(scanner.offsets), hold)
+            self._queue.extend(segments)
+            if self._read_ahead is not None and not self._read_ahead.done():
+                self._read_ahead_bytes += len(data)
+                if _pipeline_ends(segments) or self._read_ahead_bytes > READ_AHEAD_LIMIT:
+                    self._read_ahead.set_result(None)
             self._drain()
         if violation is not None:
             self._fail(violation)
@@ -321,7 +347,7 @@ class Session(asyncio.Protocol):
                 self._tasks.add(task)
                 task.add_done_callback(self._inspected)
         if self._queue or self._inspecting is not None:
-            if self.client is not None:
+            if self.client is not None and (self._read_ahead is None or self._read_ahead.done()):
                 self.client.pause_reading()  # bounded: nothing more is read meanwhile
         elif self._deferred_error is not None and self._deferred_done():
             self._close(client_error=self._deferred_error)
@@ -468,12 +494,17 @@ class Session(asyncio.Protocol):
     def _register_bind_calls(self, held: Held, catalog: HidingCatalog) -> bool:
         """A Parse whose model calls take bind parameters, or are hidden: remember it for its
         Binds, each of which is pre-warmed with its values."""
-        sites, hidden = self._calls_of(held, catalog)
-        if not hidden and not any(_BIND_PARAMETER.search(a) for site in sites for a in site.arguments):
+        entry = self._bind_entry(held, catalog)
+        if entry is None:
             return False
-        name = held.body[: held.body.index(b"\0")]
-        self._bind_calls[name] = (held.sql(), parameter_types(held.body), hidden)
+        self._bind_calls[held.body[: held.body.index(b"\0")]] = entry
         return True
+
+    def _bind_entry(self, parse: Held, catalog: HidingCatalog) -> _BindEntry | None:
+        sites, hidden = self._calls_of(parse, catalog)
+        if not hidden and not any(_BIND_PARAMETER.search(a) for site in sites for a in site.arguments):
+            return None
+        return parse.sql(), parameter_types(parse.body), hidden
 
     async def _inspect_bind(self, held: Held) -> None:
         """Pre-warm a prepared statement's model calls with this Bind's values, then send it."""
@@ -483,35 +514,8 @@ class Session(asyncio.Protocol):
         # Mid-batch (the Parse went earlier, e.g. asyncpg) the proxy's own Query is safe only
         # for a named statement: a Query drops the unnamed one.
         can_run = deferred is not None or bool(name)
-        if entry is not None and can_run and self.cycle.status != b"E":
-            sql, types, hidden = entry
-            try:
-                bound = parse_bind(held.body)
-                values = {
-                    n + 1: literal(v, bound.format_of(n), types[n] if n < len(types) else 0, quote_literal)
-                    for n, v in enumerate(bound.values)
-                }
-                concrete = _BIND_PARAMETER.sub(lambda m: values.get(int(m.group(1)), m.group(0)), sql)
-                prewarmer = Prewarmer(
-                    functools.partial(self.own_reply, mid_batch=deferred is None),
-                    self.server.model_engine(),
-                    in_transaction=self.cycle.status == b"T",
-                )
-                refusal = collect_refusal(concrete)
-                if self.cycle.executed and self.cycle.status == b"I":
-                    # A collect run's ROLLBACK would undo what the batch already executed.
-                    refusal = (
-                        "a statement whose model calls need a collect run (columns, triggers or views "
-                        "that call models) cannot follow other statements in one pipeline outside a "
-                        "transaction; run the pipeline inside BEGIN ... COMMIT"
-                    )
-                error = await self._run_prewarm(
-                    prewarmer.prepare(concrete, find_calls(concrete), hidden=hidden, collect_refusal=refusal)
-                )
-                if error is not None and not isinstance(error, ClientCancel):
-                    await prewarmer.store_error(error)  # each call raises it when the statement runs
-            except (UnsupportedParameter, ValueError, struct.error) as exc:
-                log.info("client %s: bind values not usable for model calls: %s", self.peer, exc)
+        if entry is not None and not held.prewarmed and can_run and self.cycle.status != b"E":
+            await self._prewarm_pipeline(held, entry, mid_batch=deferred is None)
         if self.state is not State.RELAY:
             return
         assert self.upstream is not None
@@ -520,6 +524,92 @@ class Session(asyncio.Protocol):
             self.upstream.write(deferred.raw)
         self.cycle.client_message(BIND)
         self.upstream.write(held.raw)
+
+    async def _prewarm_pipeline(self, held: Held, entry: _BindEntry, *, mid_batch: bool) -> None:
+        """Pre-warm this Bind, and every later Bind of its pipeline, before any of it runs.
+
+        Outside a transaction a pipeline is one implicit transaction: a statement of the
+        proxy's own in its middle would commit what ran before it, and a collect run's
+        ROLLBACK would undo it. So the proxy reads the pipeline to its Sync (bounded) and
+        answers all of its calls at once (batched, too), while nothing has run.
+        """
+        statements = [st for st in [self._bound_statement(held.body, entry)] if st is not None]
+        if not self.cycle.executed:
+            await self._read_pipeline()
+            statements += self._queued_binds()
+        elif self.cycle.status == b"I":
+            log.info(
+                "client %s: model calls in a pipeline past its read-ahead limit, outside a transaction: "
+                "not pre-warmed (it would commit what the pipeline already ran)", self.peer,
+            )
+            return
+        if not statements or self.state is not State.RELAY:
+            return
+        prewarmer = Prewarmer(
+            functools.partial(self.own_reply, mid_batch=mid_batch),
+            self.server.model_engine(),
+            in_transaction=self.cycle.status == b"T",
+        )
+        error = await self._run_prewarm(prewarmer.prepare_many(statements))
+        if error is not None and not isinstance(error, ClientCancel):
+            await prewarmer.store_error(error)  # each call raises it when the statement runs
+
+    def _bound_statement(self, body: bytes, entry: _BindEntry) -> Statement | None:
+        """The statement a Bind runs, with its values as literals; None if they cannot be."""
+        sql, types, hidden = entry
+        try:
+            bound = parse_bind(body)
+            values = {
+                n + 1: literal(v, bound.format_of(n), types[n] if n < len(types) else 0, quote_literal)
+                for n, v in enumerate(bound.values)
+            }
+        except (UnsupportedParameter, ValueError, struct.error) as exc:
+            log.info("client %s: bind values not usable for model calls: %s", self.peer, exc)
+            return None
+        concrete = _BIND_PARAMETER.sub(lambda m: values.get(int(m.group(1)), m.group(0)), sql)
+        return Statement(concrete, find_calls(concrete), hidden, collect_refusal(concrete))
+
+    async def _read_pipeline(self) -> None:
+        """Read the client's messages up to the pipeline's Sync or Flush into the queue
+        (or READ_AHEAD_LIMIT bytes): the client waits for nothing before sending them."""
+        if _pipeline_ends(self._queue) or self.client is None:
+            return
+        self._read_ahead = asyncio.get_running_loop().create_future()
+        self._read_ahead_bytes = 0
+        self.client.resume_reading()
+        try:
+            await self._read_ahead
+        finally:
+            self._read_ahead = None
+
+    def _queued_binds(self) -> list[Statement]:
+        """The queued Binds of this pipeline with model calls, marked pre-warmed."""
+        known = dict(self._bind_calls)
+        catalog = self.server.hiding.get(self.database) or HidingCatalog()
+        found = []
+        for segment in self._queue:
+            if isinstance(segment, Forward):
+                for type_code, body in segment.events:
+                    if type_code == PARSE and body is not None:
+                        known.pop(body[: body.index(b"\0")], None)  # redefined, not held: no calls
+                if _pipeline_ends([segment]):
+                    break
+            elif segment.type_code == QUERY:
+                break
+            elif segment.type_code == PARSE:
+                name = segment.body[: segment.body.index(b"\0")]
+                entry = self._bind_entry(segment, catalog)
+                if entry is None:
+                    known.pop(name, None)
+                else:
+                    known[name] = entry
+            else:
+                entry = known.get(statement_name(segment.body))
+                statement = self._bound_statement(segment.body, entry) if entry is not None else None
+                if statement is not None:
+                    found.append(statement)
+                    segment.prewarmed = True
+        return found
 
     def cancel_model_calls(self) -> bool:
         """A CancelRequest for this session: stop its model calls. True if there were any."""
@@ -841,6 +931,8 @@ class Session(asyncio.Protocol):
         otherwise only for the ReadyForQuery messages already owed (protocol violation).
         """
         self._deferred_error, self._deferred_until_idle = error, until_idle
+        if self._read_ahead is not None and not self._read_ahead.done():
+            self._read_ahead.set_result(None)  # no more is read: go on with what is queued
         if self.client is not None and self.state is State.RELAY:
             self.client.pause_reading()
         if self.state is not State.RELAY or self._deferred_done():

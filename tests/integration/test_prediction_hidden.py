@@ -145,21 +145,40 @@ async def test_asyncpg_prepared_insert_reused(model_proxy, dbname, openai, conn)
     assert all(close_to(list(r["emb"]), expected(r["content"])) for r in rows)
 
 
-async def test_asyncpg_executemany_outside_a_transaction_fails_cleanly(model_proxy, dbname, conn):
-    """Pre-warming row 2 would need a collect run whose ROLLBACK undoes row 1: not done. The
-    batch fails as a whole (PX001, whose hint says what to do) and inserts nothing."""
+async def test_asyncpg_executemany_outside_a_transaction(model_proxy, dbname, openai, conn):
+    """A pipeline is one implicit transaction: the proxy reads it to its Sync and pre-warms
+    every row before any runs (one batched request), so it stays all-or-nothing."""
     conn.execute(
-        "CREATE TABLE docs (content text, emb real[] GENERATED ALWAYS AS (embedding('emb', content)) STORED)"
+        "CREATE TABLE docs (content text CHECK (content <> 'bad'), "
+        "emb real[] GENERATED ALWAYS AS (embedding('emb', content)) STORED)"
     )
     client = await asyncpg.connect(model_proxy.dsn(database=dbname))
     try:
-        with pytest.raises(asyncpg.PostgresError, match="no result") as failure:
-            await client.executemany("INSERT INTO docs (content) VALUES ($1)", [("x1",), ("x2",), ("x3",)])
-        assert failure.value.sqlstate == "PX001" and "BEGIN" in failure.value.hint
-        assert await client.fetchval("SELECT 1") == 1  # the session goes on
+        openai.reset()
+        await client.executemany("INSERT INTO docs (content) VALUES ($1)", [(f"x{n}",) for n in range(40)])
+        assert len(openai.requests) == 1 and len(inputs_sent(openai)) == 40
+        with pytest.raises(asyncpg.CheckViolationError):
+            await client.executemany("INSERT INTO docs (content) VALUES ($1)", [("y1",), ("y2",), ("bad",)])
+        rows = await client.fetch("SELECT content, emb FROM docs")
     finally:
         await client.close()
-    assert conn.execute("SELECT count(*) FROM docs").fetchone()[0] == 0
+    assert sorted(r["content"] for r in rows) == sorted(f"x{n}" for n in range(40))  # no y1, y2
+    assert all(close_to(list(r["emb"]), expected(r["content"])) for r in rows)
+
+
+async def test_asyncpg_executemany_visible_calls_batched_and_atomic(model_proxy, dbname, openai, conn):
+    conn.execute("CREATE TABLE t (x text CHECK (x <> 'bad'), e real[])")
+    client = await asyncpg.connect(model_proxy.dsn(database=dbname))
+    try:
+        openai.reset()
+        insert = "INSERT INTO t VALUES ($1, google_ml.embedding('emb', $1))"
+        await client.executemany(insert, [(f"v{n}",) for n in range(25)])
+        assert len(openai.requests) == 1
+        with pytest.raises(asyncpg.CheckViolationError):
+            await client.executemany(insert, [("w1",), ("w2",), ("bad",)])
+        assert await client.fetchval("SELECT count(*) FROM t") == 25  # w1, w2 rolled back with 'bad'
+    finally:
+        await client.close()
 
 
 def test_trigger_that_embeds(conn, model_proxy, dbname, openai):
