@@ -46,7 +46,6 @@ COLLECT_NOTICE = "PX002"
 MAX_COLLECT_RUNS = 3
 STORE_CHUNK_ROWS = 2000  # answers per COPY into the results store
 SMALL_STORE_ROWS = 16
-MAX_ARGUMENT_COLUMNS = 400  # beyond, constant calls are evaluated one row per call
 MAX_ARGUMENT_COLUMNS = 400  # beyond, constant calls are evaluated one row per call  # up to this many answers: one INSERT, no COPY
 
 
@@ -70,17 +69,6 @@ class ModelEngine(Protocol):
         self, model: Any, texts: Sequence[str], *, headers: Any = None, deadline: float | None = None
     ) -> list[list[float]]: ...
     async def predict(self, model: Any, body: Any, *, headers: Any = None, deadline: float | None = None) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Statement:
-    """One statement to pre-warm: its SQL (bind values as literals), its visible call sites,
-    whether it reaches hidden calls, and why a collect run is impossible for it (if so)."""
-
-    sql: str
-    sites: list[CallSite]
-    hidden: bool = False
-    collect_refusal: str | None = None
 
 
 @dataclass(frozen=True)
