@@ -45,8 +45,8 @@ UNANSWERED_CALL = "PX001"  # a call with no stored answer (the statement was not
 COLLECT_NOTICE = "PX002"
 MAX_COLLECT_RUNS = 3
 STORE_CHUNK_ROWS = 2000  # answers per COPY into the results store
-SMALL_STORE_ROWS = 16
-MAX_ARGUMENT_COLUMNS = 400  # beyond, constant calls are evaluated one row per call  # up to this many answers: one INSERT, no COPY
+SMALL_STORE_ROWS = 16  # up to this many answers: one INSERT, no COPY
+MAX_ARGUMENT_COLUMNS = 400  # beyond, constant calls are evaluated one row per call
 
 
 @dataclass
