@@ -11,8 +11,10 @@ Providers are stateless singletons; the engine's settings are passed in where UR
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -27,6 +29,7 @@ from proxy.engine.settings import EngineSettings
 _NUMBER_TYPES = frozenset({float, int})
 
 MAX_ERROR_MESSAGE = 1000  # characters of a provider's error message kept in ours
+MAX_HTML_PAGE = 65536  # characters of an HTML error page searched for its text
 
 Vector = list[float]
 
@@ -110,16 +113,21 @@ class Provider:
     # -- errors and retries ----------------------------------------------------------------
 
     def error_message(self, response: httpx.Response) -> str:
-        """The provider's own explanation of an HTTP error, from its JSON error body."""
+        """The provider's own explanation of an HTTP error, from its JSON error body.
+
+        Without one, the body's text: of an HTML page (a gateway's or load balancer's 502,
+        a login page), its title or else its text without markup.
+        """
         try:
             data = response.json()
         except ValueError:
             data = None
         message = find_error_message(data)
         if not message:
-            message = (
-                " ".join(response.text.split()) or response.reason_phrase or "(empty response)"
-            )
+            text = response.text
+            if _looks_like_html(response, text):
+                text = html_text(text[:MAX_HTML_PAGE])
+            message = " ".join(text.split()) or response.reason_phrase or "(empty response)"
         if len(message) > MAX_ERROR_MESSAGE:
             message = message[: MAX_ERROR_MESSAGE - 3] + "..."
         return message
@@ -188,6 +196,27 @@ class Provider:
         if model.model_qualified_name:
             return model.model_qualified_name
         return model.model_request_url.rstrip("/").rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+_HTML_START = re.compile(r"\s*<(?:!doctype\s+html|html|head|body)\b", re.I)
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.I | re.S)
+_HTML_INVISIBLE = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.I | re.S)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+def _looks_like_html(response: httpx.Response, text: str) -> bool:
+    content_type = response.headers.get("content-type", "").lower()
+    return "html" in content_type or bool(_HTML_START.match(text))
+
+
+def html_text(page: str) -> str:
+    """What an HTML error page says: its title, else its visible text."""
+    match = _HTML_TITLE.search(page)
+    if match:
+        title = " ".join(html.unescape(_HTML_TAG.sub(" ", match.group(1))).split())
+        if title:
+            return title
+    return " ".join(html.unescape(_HTML_TAG.sub(" ", _HTML_INVISIBLE.sub(" ", page))).split())
 
 
 def json_content(body: Any) -> bytes:
