@@ -762,10 +762,6 @@ class TestHeaderAuthentication:
         headers = json.loads(section.value("SELECT HEADER_GEN_FUNCTION('m', 'text')"))
         assert headers == {"Content-Type": "application/json", "Authorization": f"Bearer {CYMBAL_KEY}"}
 
-    @pytest.mark.xfail(
-        reason='ERROR:  0A000: model custom-embedding-model: user transform and header functions are not supported by pg-model-proxy yet',
-        strict=True,
-    )
     def test_header_gen_function_authenticates_an_embedding_model(
         self, seed: str, section: Section
     ) -> None:
@@ -981,10 +977,6 @@ class TestCustomHostedEmbeddingModel:
         assert model["output_transform_fn"] == "cymbal_text_output_transform"
         assert model["model_qualified_name"] == "MODEL_QUALIFIED_NAME"
 
-    @pytest.mark.xfail(
-        reason='ERROR:  0A000: model MODEL_ID: user transform and header functions are not supported by pg-model-proxy yet',
-        strict=True,
-    )
     def test_embedding(self, seed: str, section: Section) -> None:
         section.enable_extension()
         section.psql(cymbal_secret_sql())
@@ -1021,10 +1013,6 @@ class TestHuggingFaceGenericModel:
         assert (model["model_provider"], model["model_type"]) == ("hugging_face", "generic")
         assert (model["model_auth_type"], model["model_auth_id"]) == ("secret_manager", "SECRET_ID")
 
-    @pytest.mark.xfail(
-        reason='ERROR:  38000: model "MODEL_ID": Hugging Face returned HTTP 404: Model facebook/bart-large-mnli does not exist (the fake Hugging Face has no zero-shot classification model yet)',
-        strict=True,
-    )
     def test_predict_row(self, seed: str, section: Section) -> None:
         """The registered model called as AlloyDB's "Invoke predictions" page does (zero-shot
         classification): the provider's JSON, best label first."""
@@ -1082,10 +1070,6 @@ class TestAnthropicGenericModel:
             "google_ml.anthropic_claude_header_gen_fn",
         )
 
-    @pytest.mark.xfail(
-        reason='ERROR:  38000: model "MODEL_ID": Anthropic returned HTTP 401: x-api-key header is required (predict_row ignores the model\'s header function)',
-        strict=True,
-    )
     def test_header_tab_with_the_sample_function(self, seed: str, section: Section) -> None:
         """The tab's other option ("ou créez une fonction de génération d'en-tête"): the model
         registered with anthropic_sample_header_gen_fn, which carries the key."""
@@ -1171,10 +1155,6 @@ class TestReferenceModels:
             "output_batch_transform_fn": None,
         }
 
-    @pytest.mark.xfail(
-        reason='ERROR:  0A000: model MODEL_ID: user transform and header functions are not supported by pg-model-proxy yet',
-        strict=True,
-    )
     def test_create_model_then_embedding(self, section: Section) -> None:
         """The registered endpoint in use: 003's transforms shape the request (its curl) and
         the answer (its example response), header_gen_fn adds ``version: 2024-01-01``."""
@@ -1353,10 +1333,6 @@ class TestReferenceFunctionContracts:
             0.10156056,
         ]
 
-    @pytest.mark.xfail(
-        reason='ERROR:  0A000: model cymbal: user transform and header functions are not supported by pg-model-proxy yet',
-        strict=True,
-    )
     def test_header_gen_fn_version_header(self, section: Section) -> None:
         """003 "Exemplo de função de geração de cabeçalho": the version header of its curl."""
         section.enable_extension()
@@ -1374,10 +1350,6 @@ class TestReferenceFunctionContracts:
         assert request.headers["version"] == "2024-01-01"
         assert request.headers["content-type"].startswith("application/json")
 
-    @pytest.mark.xfail(
-        reason='ERROR:  0A000: model cymbal: user transform and header functions are not supported by pg-model-proxy yet',
-        strict=True,
-    )
     def test_header_gen_func_api_key_embedding_model(self, section: Section) -> None:
         """003 "Função de geração de cabeçalho usando a chave de API", modelo de embedding."""
         section.enable_extension()
@@ -1392,10 +1364,6 @@ class TestReferenceFunctionContracts:
         section.value("SELECT array_length(google_ml.embedding('cymbal', 'AlloyDB Embeddings'), 1)")
         assert single_request(section.fakes.cymbal).headers["authorization"] == CYMBAL_KEY
 
-    @pytest.mark.xfail(
-        reason='ERROR:  38000: model "claude": Anthropic returned HTTP 401: x-api-key header is required (predict_row ignores the model\'s header function)',
-        strict=True,
-    )
     def test_header_gen_func_api_key_generic_model(self, section: Section) -> None:
         """003 "Função de geração de cabeçalho usando a chave de API", modelo genérico: the
         Anthropic headers, so an Anthropic model needs no secret."""
