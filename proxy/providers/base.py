@@ -170,7 +170,11 @@ class Provider:
         try:  # stdlib json also reads NaN/Infinity, so such vectors are named precisely later
             return json.loads(response.content)
         except ValueError:
-            snippet = " ".join(response.text[:200].split())
+            text = response.text
+            if _looks_like_html(response, text):  # a captive portal, a proxy's login page
+                title = html_text(text[:MAX_HTML_PAGE])[:200]
+                raise self.bad(model, f"an HTML page, not JSON: {title!r}") from None
+            snippet = " ".join(text[:200].split())
             raise self.bad(model, f"not JSON: {snippet!r}") from None
 
     def vector(self, model: ModelConfig, value: Any, where: str) -> Vector:

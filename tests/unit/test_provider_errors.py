@@ -7,7 +7,7 @@ import pytest
 
 from proxy.engine.credentials import StaticCredentials
 from proxy.engine.engine import Engine
-from proxy.engine.errors import ProviderError
+from proxy.engine.errors import BadModelResponse, ProviderError
 from proxy.engine.models import ModelConfig
 from proxy.engine.settings import EngineSettings
 
@@ -104,3 +104,20 @@ async def test_error_pages_are_reported_as_text(body: str, content_type: str, ex
             await engine.embed(OPENAI, ["x"])
     assert caught.value.provider_message == expected
     assert str(caught.value) == f'model "oa": OpenAI returned HTTP 400: {expected}'
+
+
+async def test_a_200_html_page_is_named_by_its_title():
+    page = (
+        "<!DOCTYPE html><html><head><title>Sign in to the network</title></head>"
+        "<body><form>...</form></body></html>"
+    )
+    engine, _ = engine_answering(
+        httpx.Response(200, content=page.encode(), headers={"Content-Type": "text/html"})
+    )
+    async with engine:
+        with pytest.raises(BadModelResponse) as caught:
+            await engine.embed(OPENAI, ["x"])
+    assert str(caught.value) == (
+        "model \"oa\": unexpected response from OpenAI: an HTML page, not JSON: "
+        "'Sign in to the network'"
+    )
