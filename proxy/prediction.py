@@ -23,6 +23,7 @@ proxy's own in the client's session (and, for collect runs, returns the PX002 no
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -68,7 +69,9 @@ class ModelEngine(Protocol):
     async def embed(
         self, model: Any, texts: Sequence[str], *, headers: Any = None, deadline: float | None = None
     ) -> list[list[float]]: ...
-    async def predict(self, model: Any, body: Any, *, headers: Any = None, deadline: float | None = None) -> Any: ...
+    async def predict(
+        self, model: Any, body: Any, *, headers: Any = None, deadline: float | None = None, raw: bool = False
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -318,10 +321,18 @@ class Prewarmer:
                     for c, v in zip(group, vectors, strict=True)
                 ]
                 rows.append({"fn": None, "m": model_id, "i": None, "e": vectors[0], "r": None})
-            for call in predictions:
-                body = json.loads(call.input)
-                answer = await self.engine.predict(self._models[call.model_id], body, deadline=self.deadline)
-                rows.append({"fn": "predict_row", "m": call.model_id, "i": call.input, "e": None, "r": answer})
+            # The body goes as the JSON text the caller gave, and the answer comes back as the
+            # provider's JSON text; the calls run concurrently (the engine bounds each model).
+            answers = await _concurrently(
+                [
+                    self.engine.predict(self._models[c.model_id], c.input, deadline=self.deadline, raw=True)
+                    for c in predictions
+                ]
+            )
+            rows += [
+                {"fn": "predict_row", "m": c.model_id, "i": c.input, "e": None, "r": answer}
+                for c, answer in zip(predictions, answers, strict=True)
+            ]
         except ModelCallError as exc:
             raise PredictionError(str(exc), exc.sqlstate) from exc
         log.debug("storing %d answer(s)", len(rows))
@@ -364,8 +375,8 @@ class Prewarmer:
                 "SELECT google_ml._results_store(); "
                 "INSERT INTO pg_temp.google_ml_results (key, embedding, response, error) "
                 "SELECT CASE WHEN x.fn IS NULL THEN 'dim:' || x.m ELSE google_ml._call_key(x.fn, x.m, x.i) END, "
-                f"x.e, x.r, x.err FROM json_to_recordset({payload}::json) "
-                "AS x(fn text, m text, i text, e real[], r json, err json) "
+                f"x.e, x.r::json, x.err FROM json_to_recordset({payload}::json) "
+                "AS x(fn text, m text, i text, e real[], r text, err json) "
                 "ON CONFLICT (key) DO UPDATE SET embedding = EXCLUDED.embedding, response = EXCLUDED.response, "
                 "error = EXCLUDED.error"
             )
@@ -379,7 +390,7 @@ class Prewarmer:
             payload_bytes = copy_data(
                 (
                     r["fn"], r["m"], r["i"], r["e"],
-                    None if r["r"] is None else orjson.dumps(r["r"]).decode(),
+                    r["r"],  # predict_row's answer: the provider's JSON text, as it came
                     None if r.get("err") is None else orjson.dumps(r["err"]).decode(),
                 )
                 for r in chunk
@@ -416,6 +427,25 @@ def timeout_ms(setting: str | None) -> int:
         return int(float(number) * _UNITS_MS.get(setting[len(number):] or "ms", 1))
     except ValueError:
         return 0
+
+
+async def _concurrently(calls: list[Awaitable[Any]]) -> list[Any]:
+    """Await the calls concurrently, in order; the first error cancels the rest."""
+    if len(calls) <= 1:
+        return [await c for c in calls]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(c)) for c in calls]
+    except BaseExceptionGroup as failures:
+        first = failures.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [t.result() for t in tasks]
+
+
+async def _awaited(call: Awaitable[Any]) -> Any:
+    return await call
 
 
 def _call_from_notice(fields: dict[str, str]) -> Call | None:

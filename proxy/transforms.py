@@ -78,6 +78,7 @@ class TransformEngine(Protocol):
         *,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        raw: bool = False,
     ) -> Any: ...
 
 
@@ -512,8 +513,9 @@ def _predict_jobs(
 
     async def one(n: int) -> None:
         headers = g.headers[n] if g.headers else None
+        # predict_row returns the response as the provider sent it (JSON text).
         g.answers[n] = await engine.predict(
-            g.model, g.inputs[n], headers=headers or None, deadline=deadline
+            g.model, g.inputs[n], headers=headers or None, deadline=deadline, raw=g.kind == "predict_row"
         )
 
     return [one(n) for n in range(len(g.inputs))]

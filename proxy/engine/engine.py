@@ -151,8 +151,10 @@ class Engine:
         *,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        raw: bool = False,
     ) -> Any:
-        """Send `body` unchanged to the model's URL and return the JSON answer as parsed.
+        """Send `body` unchanged to the model's URL and return the JSON answer as parsed
+        (`raw`: as the JSON text the provider sent).
 
         `body` is JSON text (str or bytes, sent byte for byte) or a JSON-encodable value.
         `headers` (e.g. from the model's header function) override the provider's defaults and
@@ -166,6 +168,8 @@ class Engine:
                 merged = self._with_explicit_headers(merged, headers, secrets)
             request = provider.predict_request(model, body, self.settings, merged)
             response = await self._send(model, provider, request, deadline, secrets)
+            if raw:
+                return provider.prediction_text(model, response)
             return provider.parse_prediction(model, response)
         except ModelCallError as exc:
             exc.redact(secrets)

@@ -110,6 +110,12 @@ class Provider:
         """The JSON of a 2xx response, as is."""
         return self.response_json(model, response)
 
+    def prediction_text(self, model: ModelConfig, response: httpx.Response) -> str:
+        """The JSON text of a 2xx response exactly as the provider sent it (predict_row returns
+        the raw response: re-serialising would change numbers past 64 bits, spacing, order)."""
+        self.response_json(model, response)  # it must be JSON; a bad answer is named here
+        return response.text
+
     # -- errors and retries ----------------------------------------------------------------
 
     def error_message(self, response: httpx.Response) -> str:

@@ -129,6 +129,11 @@ class VertexAI(Provider):
             return self._sse_array(model, response.text)
         return self.response_json(model, response)
 
+    def prediction_text(self, model: ModelConfig, response: httpx.Response) -> str:
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return json.dumps(self._sse_array(model, response.text))  # the events as one array
+        return super().prediction_text(model, response)
+
     def _sse_array(self, model: ModelConfig, text: str) -> list[Any]:
         events: list[Any] = []
         for line in text.splitlines():

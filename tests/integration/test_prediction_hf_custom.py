@@ -157,11 +157,6 @@ def test_hugging_face_generic_model_of_the_seed_document(conn, fakes, model_id, 
     assert request.json == body  # the request body, unchanged in content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/prediction.py parses the request body and sends json.dumps of it, "
-    "not the json text the caller gave (SPEC §4: sent unchanged)",
-)
 def test_predict_row_body_is_sent_byte_for_byte(conn, fakes):
     hf, _ = fakes
     conn.execute(
@@ -171,11 +166,6 @@ def test_predict_row_body_is_sent_byte_for_byte(conn, fakes):
     assert hf.last_request.body == SEED_BODY.encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/prediction.py round-trips the body through json.loads: 1e400 becomes "
-    "Infinity, which is not JSON, and the provider refuses the request",
-)
 def test_predict_row_numbers_are_not_rewritten(conn, fakes):
     _, server = fakes
     body = '{"model":"llama-3-8b-instruct","messages":[{"role":"user","content":"Hi"}],"logit_bias":{"1":1e400}}'
@@ -184,11 +174,6 @@ def test_predict_row_numbers_are_not_rewritten(conn, fakes):
     assert server.last_request.body == body.encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the answer is parsed (orjson: integers past 64 bits become floats) and stored as "
-    "orjson.dumps of it by proxy/prediction.py, not as the JSON text the provider sent",
-)
 def test_predict_row_answer_keeps_its_numbers(conn, fakes):
     _, server = fakes
     server.fail_next(1, 200, body=b'{"id": 12345678901234567890123, "score": 0.1}')
@@ -215,11 +200,6 @@ def test_hugging_face_answer_is_usable_in_sql_and_per_row(conn, fakes):
     assert sorted(r.json["inputs"] for r in hf.requests) == sorted(texts)  # one call per row
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/prediction.py awaits predict_row calls one after another; the engine would "
-    "run up to --max-concurrency-per-model of them at once",
-)
 def test_predict_row_calls_of_many_rows_run_concurrently(conn, fakes):
     _, server = fakes
     table = f"prompts_{uuid.uuid4().hex[:8]}"

@@ -5,6 +5,7 @@ Also Engine.embed with explicit headers, over httpx.MockTransport."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -334,6 +335,7 @@ class Engine_:
         *,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
+        raw: bool = False,
     ) -> Any:
         self.predicts.append((model.model_id, body, dict(headers) if headers else None))
         await asyncio.sleep(0)
@@ -342,7 +344,8 @@ class Engine_:
         if model.model_type == "text_embedding":
             text = __import__("json").loads(body)["prompt"][0]
             return [[float(len(text)), 2.0]]
-        return {"echo": body}
+        answer = {"echo": body}
+        return __import__("json").dumps(answer) if raw else answer
 
 
 async def test_answer_transforms_dedups_and_batches():
@@ -362,7 +365,8 @@ async def test_answer_transforms_dedups_and_batches():
     assert found[("embedding", "cymbal", "bbb")]["e"] == [3.0, 2.0]
     assert found[("embedding", "versioned", "aa")]["e"] == [2.0, 2.0]
     assert found[("embedding", "oa", "yy")]["e"] == [2.0, 1.0]
-    assert found[("predict_row", "gen", '{"kind": "a"}')]["r"] == {"echo": '{"kind": "a"}'}
+    # predict_row answers stay the provider's JSON text
+    assert json.loads(found[("predict_row", "gen", '{"kind": "a"}')]["r"]) == {"echo": '{"kind": "a"}'}
     # one dimension row per embedding model
     assert sorted(r["m"] for r in rows if r["fn"] is None) == ["cymbal", "oa", "versioned"]
     # user transforms: one request per input, with the header function's headers
