@@ -37,7 +37,7 @@ from .engine.errors import ModelCallError, ModelConfigError
 from .engine.models import COLUMNS
 from .providers.registry import native_embedding
 from .secrets.credentials import SecretModelConfig
-from .sql.calls import CallSite, argument_columns, arguments_query
+from .sql.calls import CallSite, argument_columns, arguments_query, collect_refusal
 from .wire.copy_binary import copy_data
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,9 @@ class Prewarmer:
         if not rest:
             return
         for st in rest:
-            if st.collect_refusal is not None:
-                raise PredictionError(f"pg-model-proxy: {st.collect_refusal}", "0A000")
+            refusal = st.collect_refusal or collect_refusal(st.sql)  # parsed only when needed
+            if refusal is not None:
+                raise PredictionError(f"pg-model-proxy: {refusal}", "0A000")
         await self._read_timeout()
         derived_calls: list[Call] = []
         collect: list[str] = []
@@ -209,6 +210,9 @@ class Prewarmer:
         return reply
 
     async def _evaluate(self, sites: list[CallSite]) -> list[Call]:
+        if all(s.values is not None for s in sites):
+            # String literals: the calls are known as written (the timeout comes with the models).
+            return [Call(s.kind, *s.values) for s in sites if s.values is not None]
         if len(sites) > MAX_ARGUMENT_COLUMNS // 2:
             # Many calls (a pipeline's): one row each, as PostgreSQL caps a row's columns.
             await self._read_timeout()
@@ -345,15 +349,21 @@ class Prewarmer:
             return
         ids = ", ".join(quote_literal(m) for m in missing)
         columns = ", ".join(f"m.{c}::text" for c in COLUMNS)
+        # One row at least (NULL model columns when none exists), for the statement_timeout.
         reply = await self._own(
-            f"SELECT {columns}, s.secret_path FROM google_ml.models m "
-            f"LEFT JOIN google_ml.sm_secrets s ON s.secret_id = m.model_auth_id WHERE m.model_id IN ({ids})"
+            f"SELECT {columns}, s.secret_path, t.timeout "
+            "FROM (SELECT current_setting('statement_timeout') AS timeout) t "
+            "LEFT JOIN (google_ml.models m LEFT JOIN google_ml.sm_secrets s ON s.secret_id = m.model_auth_id) "
+            f"ON m.model_id IN ({ids})"
         )
         if reply.error is not None:
             raise _server_error(reply.error)
+        if not self._timeout_read and reply.rows:
+            self._set_deadline(reply.rows[0][-1])
         for row in reply.rows:
-            values = dict(zip((*COLUMNS, "secret_path"), row, strict=True))
-            self._models[str(values["model_id"])] = SecretModelConfig.from_row(values)
+            values = dict(zip((*COLUMNS, "secret_path"), row[:-1], strict=True))
+            if values["model_id"] is not None:
+                self._models[str(values["model_id"])] = SecretModelConfig.from_row(values)
         for model_id in missing:
             if model_id not in self._models:
                 raise PredictionError(f"Model does not exist for model_id: {model_id}", "42704")

@@ -32,7 +32,7 @@ from .prediction import (
     error_statement,
     quote_literal,
 )
-from .sql.calls import CallSite, collect_refusal, find_calls, may_call_models
+from .sql.calls import CallSite, find_calls, may_call_models
 from .sql.hiding import CATALOG_QUERY, HidingCatalog, may_change_catalog
 from .sql.rewrite import Rewriter, may_need_rewrite
 from .wire import messages as m
@@ -426,7 +426,7 @@ class Session(asyncio.Protocol):
         sql = held.sql()
         prewarmer = Prewarmer(self.own_reply, self.server.model_engine(), in_transaction=self.cycle.status == b"T")
         return await self._run_prewarm(
-            prewarmer.prepare(sql, sites, hidden=hidden, collect_refusal=collect_refusal(sql))
+            prewarmer.prepare(sql, sites, hidden=hidden)
         )
 
     @staticmethod
@@ -567,7 +567,7 @@ class Session(asyncio.Protocol):
             log.info("client %s: bind values not usable for model calls: %s", self.peer, exc)
             return None
         concrete = _BIND_PARAMETER.sub(lambda m: values.get(int(m.group(1)), m.group(0)), sql)
-        return Statement(concrete, find_calls(concrete), hidden, collect_refusal(concrete))
+        return Statement(concrete, find_calls(concrete), hidden)
 
     async def _read_pipeline(self) -> None:
         """Read the client's messages up to the pipeline's Sync or Flush into the queue

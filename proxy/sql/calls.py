@@ -16,7 +16,7 @@ Not wired into sessions yet: issue 4.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pglast
 from pglast import ast
@@ -54,6 +54,8 @@ class CallSite:
     kind: str  # "embedding" or "predict_row"
     arguments: tuple[str, str]
     constant: bool
+    # Both arguments as written when they are plain string literals: no need to evaluate them.
+    values: tuple[str, str] | None = field(default=None, compare=False)
 
 
 # Statements that evaluate their expressions when run. EXPLAIN is one too: the planner folds
@@ -100,9 +102,21 @@ class _CallFinder(Visitor):  # type: ignore[misc]
         arguments = _in_parameter_order(kind, node.args or ())
         if arguments is None:
             return  # wrong arity or unknown names: the server will report it
+        strings = [_string_literal(a) for a in arguments]
         self.calls.append(
-            CallSite(kind, tuple(RawStream()(a) for a in arguments), all(_is_constant(a) for a in arguments))  # type: ignore[arg-type]
+            CallSite(
+                kind,
+                tuple(RawStream()(a) for a in arguments),  # type: ignore[arg-type]
+                all(_is_constant(a) for a in arguments),
+                (strings[0], strings[1]) if strings[0] is not None and strings[1] is not None else None,
+            )
         )
+
+
+def _string_literal(node: ast.Node) -> str | None:
+    if isinstance(node, ast.A_Const) and isinstance(node.val, ast.String):
+        return str(node.val.sval)
+    return None
 
 
 def _in_parameter_order(kind: str, args: tuple[ast.Node, ...]) -> list[ast.Node] | None:

@@ -48,6 +48,15 @@ def test_call_sites(sql, expected):
     assert find_calls(sql) == expected
 
 
+def test_string_literal_arguments_are_known_without_evaluation():
+    (plain,) = find_calls("SELECT google_ml.embedding(content => E'a\\nb', model_id => 'm')")
+    assert plain.values == ("m", "a\nb")
+    (cast,) = find_calls("SELECT embedding('m', 'x'::text)")
+    assert cast.values is None and cast.constant  # evaluated by the server
+    (number,) = find_calls("SELECT embedding('m', 42)")
+    assert number.values is None
+
+
 def test_multiple_statements_and_nested_calls():
     calls = find_calls(
         "SELECT embedding('m', 'a'); WITH q AS (SELECT google_ml.embedding('m', $1) e) "
