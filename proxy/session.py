@@ -32,7 +32,7 @@ from .prediction import (
     error_statement,
     quote_literal,
 )
-from .sql.calls import CallSite, find_calls, may_call_models
+from .sql.calls import CallSite, find_calls, may_call_models, sql_statements
 from .sql.hiding import CATALOG_QUERY, HidingCatalog, may_change_catalog
 from .sql.rewrite import Rewriter, may_need_rewrite
 from .wire import messages as m
@@ -76,6 +76,12 @@ _EXTENSION_PROBE = (
 _BindEntry = tuple[str, tuple[int, ...], bool]
 READ_AHEAD_LIMIT = 64 << 20  # bytes of a pipeline read ahead to pre-warm all its Binds
 _PIPELINE_END = frozenset(b"SH")  # Sync, Flush: the client may wait for answers there
+
+
+def _single_statement(query_body: bytes) -> bool:
+    """Is this Query one statement? (Run again, a multi-statement Query could repeat a part
+    its own COMMIT had committed.)"""
+    return len(sql_statements(query_body[: query_body.index(b"\0")].decode("utf-8", "replace"))) == 1
 
 
 def _pipeline_ends(segments: Iterable[Forward | Held]) -> bool:
@@ -760,7 +766,9 @@ class Session(asyncio.Protocol):
             return b""
         reply, self._held_reply = bytes(self._held_reply), None
         body, self._retry_candidate = self._retry_candidate, None
-        if body is None or self.cycle.pending or self.cycle.status != b"I" or self._queue or self._inspecting:
+        # (An inspection task that has just sent this Query may be done but not yet reaped.)
+        busy = self._queue or (self._inspecting is not None and not self._inspecting.done())
+        if body is None or self.cycle.pending or self.cycle.status != b"I" or busy or not _single_statement(body):
             return reply
         log.info("client %s: a model call nobody foresaw; running the statement again after a collect run", self.peer)
         self._queue.appendleft(Held(QUERY, body, m.message(m.QUERY, body), retry=True))

@@ -161,6 +161,14 @@ def _is_constant(node: ast.Node) -> bool:
     return not finder.row_dependent
 
 
+def sql_statements(sql: str) -> list[str]:
+    """The statements of a Query (empty when it does not parse)."""
+    try:
+        return [str(s) for s in pglast.split(sql)]
+    except pglast.parser.ParseError:
+        return []
+
+
 def collect_refusal(sql: str) -> str | None:
     """Why `sql` cannot run as a collect run (inside a savepoint or a transaction the proxy
     rolls back), or None when it can: every statement must be one that evaluates

@@ -247,6 +247,9 @@ def test_call_hidden_from_the_catalog_simple_query_is_run_again(conn, model_prox
     # In a transaction the miss cannot be retried: the client gets PX001, with its hint.
     out = psql(model_proxy, dbname, "BEGIN; SELECT cardinality(sneaky('in a transaction')); COMMIT")
     assert out.returncode != 0 and "no result for this call" in out.stderr
+    # Nor in a Query of several statements (one may have committed before the miss).
+    out = psql(model_proxy, dbname, "SELECT 1; SELECT cardinality(sneaky('two statements'))")
+    assert out.returncode != 0 and "no result for this call" in out.stderr
 
 
 def test_ddl_made_elsewhere_extended_protocol_works_after_one_miss(conn, database, dbname):
