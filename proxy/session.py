@@ -36,7 +36,14 @@ from .sql.calls import CallSite, find_calls, may_call_models, sql_statements
 from .sql.hiding import CATALOG_QUERY, HidingCatalog, may_change_catalog
 from .sql.rewrite import Rewriter, may_need_rewrite
 from .wire import messages as m
-from .wire.bind import UnsupportedParameter, literal, parameter_types, parse_bind, statement_name
+from .wire.bind import (
+    UnsupportedParameter,
+    literal,
+    parameter_types,
+    parse_bind,
+    parse_statement_name,
+    statement_name,
+)
 from .wire.cycle import QueryCycle
 from .wire.errors import ProtocolViolation
 from .wire.framing import MessageScanner
@@ -76,12 +83,6 @@ _EXTENSION_PROBE = (
 _BindEntry = tuple[str, tuple[int, ...], bool]
 READ_AHEAD_LIMIT = 64 << 20  # bytes of a pipeline read ahead to pre-warm all its Binds
 _PIPELINE_END = frozenset(b"SH")  # Sync, Flush: the client may wait for answers there
-
-
-def _single_statement(query_body: bytes) -> bool:
-    """Is this Query one statement? (Run again, a multi-statement Query could repeat a part
-    its own COMMIT had committed.)"""
-    return len(sql_statements(query_body[: query_body.index(b"\0")].decode("utf-8", "replace"))) == 1
 
 
 def _pipeline_ends(segments: Iterable[Forward | Held]) -> bool:
@@ -333,7 +334,7 @@ class Session(asyncio.Protocol):
         for type_code, body in events:
             flag = self._holds(type_code, body)
             if type_code == PARSE and flag and body is not None:
-                held_parses.add(body[: body.index(b"\0")])
+                held_parses.add(parse_statement_name(body))
             elif type_code == BIND and body is not None and not flag:
                 flag = statement_name(body) in held_parses
             hold.append(flag)
@@ -381,7 +382,7 @@ class Session(asyncio.Protocol):
             if (
                 isinstance(nxt, Held)
                 and nxt.type_code == BIND
-                and statement_name(nxt.body) == held.body[: held.body.index(b"\0")]
+                and statement_name(nxt.body) == parse_statement_name(held.body)
             ):
                 self._deferred_parse = held  # goes on with its Bind, after the pre-warm
                 return
@@ -503,7 +504,7 @@ class Session(asyncio.Protocol):
         entry = self._bind_entry(held, catalog)
         if entry is None:
             return False
-        self._bind_calls[held.body[: held.body.index(b"\0")]] = entry
+        self._bind_calls[parse_statement_name(held.body)] = entry
         return True
 
     def _bind_entry(self, parse: Held, catalog: HidingCatalog) -> _BindEntry | None:
@@ -597,13 +598,13 @@ class Session(asyncio.Protocol):
             if isinstance(segment, Forward):
                 for type_code, body in segment.events:
                     if type_code == PARSE and body is not None:
-                        known.pop(body[: body.index(b"\0")], None)  # redefined, not held: no calls
+                        known.pop(parse_statement_name(body), None)  # redefined, not held: no calls
                 if _pipeline_ends([segment]):
                     break
             elif segment.type_code == QUERY:
                 break
             elif segment.type_code == PARSE:
-                name = segment.body[: segment.body.index(b"\0")]
+                name = parse_statement_name(segment.body)
                 entry = self._bind_entry(segment, catalog)
                 if entry is None:
                     known.pop(name, None)
@@ -742,7 +743,7 @@ class Session(asyncio.Protocol):
                 if type_code == QUERY:
                     self._query_sent(body)
             if type_code == PARSE and self._bind_calls and body is not None:
-                self._bind_calls.pop(body[: body.index(b"\0")], None)  # redefined
+                self._bind_calls.pop(parse_statement_name(body), None)  # redefined
             if type_code == _TERMINATE:
                 self._client_terminated = True
 
@@ -768,10 +769,13 @@ class Session(asyncio.Protocol):
         body, self._retry_candidate = self._retry_candidate, None
         # (An inspection task that has just sent this Query may be done but not yet reaped.)
         busy = self._queue or (self._inspecting is not None and not self._inspecting.done())
-        if body is None or self.cycle.pending or self.cycle.status != b"I" or busy or not _single_statement(body):
+        if body is None or self.cycle.pending or self.cycle.status != b"I" or busy:
             return reply
+        again = Held(QUERY, body, m.message(m.QUERY, body), retry=True)
+        if len(sql_statements(again.sql())) != 1:
+            return reply  # run again, a Query of several could repeat what its own COMMIT committed
         log.info("client %s: a model call nobody foresaw; running the statement again after a collect run", self.peer)
-        self._queue.appendleft(Held(QUERY, body, m.message(m.QUERY, body), retry=True))
+        self._queue.appendleft(again)
         self._drain()
         return b""
 

@@ -34,6 +34,11 @@ class Bind:
         return self.formats[0] if len(self.formats) == 1 else self.formats[index]
 
 
+def parse_statement_name(body: bytes) -> bytes:
+    """The name a Parse body gives its statement (b"": the unnamed one)."""
+    return body[: body.index(b"\0")]
+
+
 def statement_name(body: bytes) -> bytes:
     """The prepared statement a Bind body refers to (cheap: two C strings)."""
     first = body.find(b"\0")
