@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -30,6 +32,20 @@ class Database:
         if self.server is not None:
             return f"postgresql:///?host={self.server.socket_dir}&port={self.port}"
         return f"postgresql://{self.host}:{self.port}/"
+
+    @contextmanager
+    def scratch(self, prefix: str) -> Iterator[str]:
+        """A database of its own (named prefix_<random>), dropped afterwards."""
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.direct_dsn(), autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield name
+        finally:
+            with psycopg.connect(self.direct_dsn(), autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def tcp_upstream(self, sslmode: str = "disable") -> str:
         return f"postgresql://{self.host}:{self.port}/?sslmode={sslmode}"

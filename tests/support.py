@@ -9,6 +9,7 @@ instead (tests that need to configure the server are then skipped).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -82,6 +83,28 @@ def make_server(root: Path, *, bin_dir: Path | None = None, tls: bool | None = N
         server._own(cert)
         server._own(key)
     return server
+
+
+def service_account_key(directory: Path, *, project: str, token_uri: str) -> Path:
+    """A fresh Google service-account key file whose token endpoint is `token_uri` (a fake)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    info = {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": "0123456789abcdef",
+        "private_key": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "client_email": f"pgmp@{project}.iam.gserviceaccount.com",
+        "client_id": "100000000000000000001",
+        "token_uri": token_uri,
+    }
+    path = directory / "key.json"
+    path.write_text(json.dumps(info))
+    return path
 
 
 def create_password_users(server: EmbeddedPostgres) -> None:

@@ -47,25 +47,21 @@ def model_proxy(database, openai) -> Iterator[ProxyProcess]:
 
 @pytest.fixture(scope="module")
 def dbname(database) -> Iterator[str]:
-    name = f"predict_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION google_ml_integration")
-        conn.execute("CALL google_ml.create_sm_secret('openai-key', 'env:PGMP_TEST_OPENAI_KEY')")
-        conn.execute(
-            "CALL google_ml.create_model(model_id => %s, model_provider => 'open_ai', "
-            "model_qualified_name => 'text-embedding-3-small', model_auth_type => 'secret_manager', "
-            "model_auth_id => 'openai-key')",
-            (MODEL,),
-        )
-        conn.execute(
-            "CALL google_ml.create_model(model_id => 'nokey', model_provider => 'open_ai', "
-            "model_qualified_name => 'text-embedding-3-small')"
-        )
-    yield name
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with database.scratch("predict") as name:
+        with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION google_ml_integration")
+            conn.execute("CALL google_ml.create_sm_secret('openai-key', 'env:PGMP_TEST_OPENAI_KEY')")
+            conn.execute(
+                "CALL google_ml.create_model(model_id => %s, model_provider => 'open_ai', "
+                "model_qualified_name => 'text-embedding-3-small', model_auth_type => 'secret_manager', "
+                "model_auth_id => 'openai-key')",
+                (MODEL,),
+            )
+            conn.execute(
+                "CALL google_ml.create_model(model_id => 'nokey', model_provider => 'open_ai', "
+                "model_qualified_name => 'text-embedding-3-small')"
+            )
+        yield name
 
 
 @pytest.fixture

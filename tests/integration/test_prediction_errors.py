@@ -12,7 +12,6 @@ secret-scrubbing checks cover every line it logs.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,15 +19,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.fakes.google_oauth import FakeGoogleOAuth
 from tests.fakes.huggingface import FakeHuggingFace
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.shapes import BadShapes
 from tests.fakes.vertex import FakeVertex
-from tests.support import ProxyProcess, wait_until
+from tests.support import ProxyProcess, service_account_key, wait_until
 
 OPENAI_KEY = "sk-proj-errorsTestKey0123456789"
 VERTEX_TOKEN = "ya29.errors-test-access-token"
@@ -74,21 +71,7 @@ def fakes() -> Iterator[tuple[FakeOpenAI, FakeGoogleOAuth, FakeVertex, FakeHuggi
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory: pytest.TempPathFactory, fakes) -> Path:
     oauth = fakes[1]
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    info = {
-        "type": "service_account",
-        "project_id": PROJECT,
-        "private_key_id": "fedcba9876543210",
-        "private_key": key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-        "client_email": "pgmp-errors@pgmp-errors-project.iam.gserviceaccount.com",
-        "client_id": "100000000000000000002",
-        "token_uri": oauth.token_uri,
-    }
-    path = tmp_path_factory.mktemp("gcp-errors") / "key.json"
-    path.write_text(json.dumps(info))
-    return path
+    return service_account_key(tmp_path_factory.mktemp("gcp-errors"), project=PROJECT, token_uri=oauth.token_uri)
 
 
 @pytest.fixture(scope="module")
@@ -115,32 +98,28 @@ def error_proxy(database, fakes, key_file) -> Iterator[ProxyProcess]:
 
 @pytest.fixture(scope="module")
 def dbname(database) -> Iterator[str]:
-    name = f"errors_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as c:
-        c.execute("CREATE EXTENSION google_ml_integration")
-        c.execute("CALL google_ml.create_sm_secret('openai-key', 'env:PGMP_TEST_ERRORS_OPENAI_KEY')")
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'oai', model_provider => 'open_ai', "
-            "model_qualified_name => 'text-embedding-3-small', model_type => 'text_embedding', "
-            "model_auth_type => 'secret_manager', model_auth_id => 'openai-key')"
-        )
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'vtx', model_provider => 'google', "
-            "model_qualified_name => 'text-embedding-005', model_type => 'text_embedding', "
-            "model_auth_type => 'alloydb_service_agent_iam')"
-        )
-        c.execute("CALL google_ml.create_sm_secret('hf-key', 'env:PGMP_TEST_ERRORS_HF_TOKEN')")
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'hfm', model_provider => 'hugging_face', "
-            "model_request_url => %s, model_type => 'text_embedding', "
-            "model_auth_type => 'secret_manager', model_auth_id => 'hf-key')",
-            (f"https://router.huggingface.co/hf-inference/models/{MINILM}/pipeline/feature-extraction",),
-        )
-    yield name
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with database.scratch("errors") as name:
+        with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as c:
+            c.execute("CREATE EXTENSION google_ml_integration")
+            c.execute("CALL google_ml.create_sm_secret('openai-key', 'env:PGMP_TEST_ERRORS_OPENAI_KEY')")
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'oai', model_provider => 'open_ai', "
+                "model_qualified_name => 'text-embedding-3-small', model_type => 'text_embedding', "
+                "model_auth_type => 'secret_manager', model_auth_id => 'openai-key')"
+            )
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'vtx', model_provider => 'google', "
+                "model_qualified_name => 'text-embedding-005', model_type => 'text_embedding', "
+                "model_auth_type => 'alloydb_service_agent_iam')"
+            )
+            c.execute("CALL google_ml.create_sm_secret('hf-key', 'env:PGMP_TEST_ERRORS_HF_TOKEN')")
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'hfm', model_provider => 'hugging_face', "
+                "model_request_url => %s, model_type => 'text_embedding', "
+                "model_auth_type => 'secret_manager', model_auth_id => 'hf-key')",
+                (f"https://router.huggingface.co/hf-inference/models/{MINILM}/pipeline/feature-extraction",),
+            )
+        yield name
 
 
 @pytest.fixture(params=["openai", "vertex", "hugging_face"])

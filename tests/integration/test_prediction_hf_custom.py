@@ -65,56 +65,52 @@ def hf_proxy(database, fakes) -> Iterator[ProxyProcess]:
 @pytest.fixture(scope="module")
 def dbname(database, fakes) -> Iterator[str]:
     _, server = fakes
-    name = f"hf_custom_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as c:
-        c.execute("CREATE EXTENSION google_ml_integration")
-        c.execute("CALL google_ml.create_sm_secret('hf-key', 'env:PGMP_TEST_HF_TOKEN')")
-        c.execute("CALL google_ml.create_sm_secret('hf-wrong', 'env:PGMP_TEST_HF_WRONG_TOKEN')")
-        c.execute("CALL google_ml.create_sm_secret('custom-key', 'env:PGMP_TEST_CUSTOM_KEY')")
-        # The seed document's Hugging Face example, with both of Hugging Face's URL forms
-        for model_id, url in (
-            ("custom-classification-model", "https://api-inference.huggingface.co/models/facebook/bart-large-mnli"),
-            ("bart-router", "https://router.huggingface.co/hf-inference/models/facebook/bart-large-mnli"),
-        ):
+    with database.scratch("hf_custom") as name:
+        with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as c:
+            c.execute("CREATE EXTENSION google_ml_integration")
+            c.execute("CALL google_ml.create_sm_secret('hf-key', 'env:PGMP_TEST_HF_TOKEN')")
+            c.execute("CALL google_ml.create_sm_secret('hf-wrong', 'env:PGMP_TEST_HF_WRONG_TOKEN')")
+            c.execute("CALL google_ml.create_sm_secret('custom-key', 'env:PGMP_TEST_CUSTOM_KEY')")
+            # The seed document's Hugging Face example, with both of Hugging Face's URL forms
+            for model_id, url in (
+                ("custom-classification-model", "https://api-inference.huggingface.co/models/facebook/bart-large-mnli"),
+                ("bart-router", "https://router.huggingface.co/hf-inference/models/facebook/bart-large-mnli"),
+            ):
+                c.execute(
+                    "CALL google_ml.create_model(model_id => %s, model_provider => 'hugging_face', "
+                    "model_request_url => %s, model_qualified_name => 'facebook/bart-large-mnli', "
+                    "model_auth_type => 'secret_manager', model_auth_id => 'hf-key')",
+                    (model_id, url),
+                )
             c.execute(
-                "CALL google_ml.create_model(model_id => %s, model_provider => 'hugging_face', "
-                "model_request_url => %s, model_qualified_name => 'facebook/bart-large-mnli', "
+                "CALL google_ml.create_model(model_id => 'minilm', model_provider => 'hugging_face', "
+                "model_request_url => %s, model_qualified_name => %s, model_type => 'text_embedding', "
                 "model_auth_type => 'secret_manager', model_auth_id => 'hf-key')",
-                (model_id, url),
+                (f"https://api-inference.huggingface.co/models/{MINILM}", MINILM),
             )
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'minilm', model_provider => 'hugging_face', "
-            "model_request_url => %s, model_qualified_name => %s, model_type => 'text_embedding', "
-            "model_auth_type => 'secret_manager', model_auth_id => 'hf-key')",
-            (f"https://api-inference.huggingface.co/models/{MINILM}", MINILM),
-        )
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'minilm-wrong-key', model_provider => 'hugging_face', "
-            "model_request_url => %s, model_type => 'text_embedding', "
-            "model_auth_type => 'secret_manager', model_auth_id => 'hf-wrong')",
-            (f"https://api-inference.huggingface.co/models/{MINILM}",),
-        )
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'vllm-chat', model_provider => 'custom', "
-            "model_request_url => %s, model_qualified_name => 'llama-3-8b-instruct', "
-            "model_auth_type => 'secret_manager', model_auth_id => 'custom-key')",
-            (f"{server.base_url}/v1/chat/completions",),
-        )
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'vllm-open', model_provider => 'custom', "
-            "model_request_url => %s)",
-            (f"{server.base_url}/v1/chat/completions",),
-        )
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'nobody-home', model_provider => 'custom', "
-            "model_request_url => %s)",
-            (f"http://127.0.0.1:{free_port()}/v1/chat/completions",),
-        )
-    yield name
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'minilm-wrong-key', model_provider => 'hugging_face', "
+                "model_request_url => %s, model_type => 'text_embedding', "
+                "model_auth_type => 'secret_manager', model_auth_id => 'hf-wrong')",
+                (f"https://api-inference.huggingface.co/models/{MINILM}",),
+            )
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'vllm-chat', model_provider => 'custom', "
+                "model_request_url => %s, model_qualified_name => 'llama-3-8b-instruct', "
+                "model_auth_type => 'secret_manager', model_auth_id => 'custom-key')",
+                (f"{server.base_url}/v1/chat/completions",),
+            )
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'vllm-open', model_provider => 'custom', "
+                "model_request_url => %s)",
+                (f"{server.base_url}/v1/chat/completions",),
+            )
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'nobody-home', model_provider => 'custom', "
+                "model_request_url => %s)",
+                (f"http://127.0.0.1:{free_port()}/v1/chat/completions",),
+            )
+        yield name
 
 
 @pytest.fixture

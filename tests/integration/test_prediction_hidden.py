@@ -9,7 +9,6 @@ and forwards them once every call is answered, against a fake OpenAI server.
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import asyncpg
@@ -43,20 +42,16 @@ def model_proxy(database, openai) -> Iterator[ProxyProcess]:
 @pytest.fixture
 def dbname(database) -> Iterator[str]:
     """A database of its own per test: each test's DDL is what the proxy must discover."""
-    name = f"hidden_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION google_ml_integration")
-        conn.execute("CALL google_ml.create_sm_secret('openai-key', 'env:PGMP_TEST_OPENAI_KEY')")
-        conn.execute(
-            "CALL google_ml.create_model(model_id => 'emb', model_provider => 'open_ai', "
-            "model_qualified_name => 'text-embedding-3-small', model_auth_type => 'secret_manager', "
-            "model_auth_id => 'openai-key')"
-        )
-    yield name
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with database.scratch("hidden") as name:
+        with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION google_ml_integration")
+            conn.execute("CALL google_ml.create_sm_secret('openai-key', 'env:PGMP_TEST_OPENAI_KEY')")
+            conn.execute(
+                "CALL google_ml.create_model(model_id => 'emb', model_provider => 'open_ai', "
+                "model_qualified_name => 'text-embedding-3-small', model_auth_type => 'secret_manager', "
+                "model_auth_id => 'openai-key')"
+            )
+        yield name
 
 
 @pytest.fixture

@@ -9,19 +9,16 @@ fake OAuth server), as google-auth does against Google. Relative request URLs
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.google_oauth import FakeGoogleOAuth
 from tests.fakes.vertex import FakeVertex
-from tests.support import ProxyProcess
+from tests.support import ProxyProcess, service_account_key
 
 TOKEN = "ya29.proxy-test-token"
 ANTHROPIC_KEY = "sk-ant-proxy-test"
@@ -41,21 +38,7 @@ def fakes() -> Iterator[tuple[FakeGoogleOAuth, FakeVertex, FakeAnthropic]]:
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory: pytest.TempPathFactory, fakes) -> Path:
     oauth = fakes[0]
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    info = {
-        "type": "service_account",
-        "project_id": PROJECT,
-        "private_key_id": "0123456789abcdef",
-        "private_key": key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-        "client_email": "pgmp@pgmp-test-project.iam.gserviceaccount.com",
-        "client_id": "100000000000000000001",
-        "token_uri": oauth.token_uri,
-    }
-    path = tmp_path_factory.mktemp("gcp") / "key.json"
-    path.write_text(json.dumps(info))
-    return path
+    return service_account_key(tmp_path_factory.mktemp("gcp"), project=PROJECT, token_uri=oauth.token_uri)
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +62,10 @@ def proxy_with_providers(database, fakes, key_file) -> Iterator[ProxyProcess]:
 
 @pytest.fixture(scope="module")
 def conn(database, proxy_with_providers) -> Iterator[psycopg.Connection]:
-    name = f"providers_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    with psycopg.connect(proxy_with_providers.dsn(database=name), autocommit=True) as c:
-        c.execute("CREATE EXTENSION google_ml_integration")
-        yield c
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with database.scratch("providers") as name:
+        with psycopg.connect(proxy_with_providers.dsn(database=name), autocommit=True) as c:
+            c.execute("CREATE EXTENSION google_ml_integration")
+            yield c
 
 
 def close_to(a: list[float], b: list[float]) -> bool:

@@ -138,104 +138,100 @@ def custom_model(c: psycopg.Connection, model_id: str, url: str, **functions: st
 @pytest.fixture(scope="module")
 def dbname(database, fakes) -> Iterator[str]:
     plain, keyed, _ = fakes
-    name = f"transforms_{uuid.uuid4().hex[:8]}"
     seed = {
         "model_in_transform_fn": "cymbal_text_input_transform",
         "model_out_transform_fn": "cymbal_text_output_transform",
     }
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as c:
-        c.execute("CREATE EXTENSION google_ml_integration")
-        c.execute(SEED_FUNCTIONS)
-        c.execute(OTHER_FUNCTIONS)
-        c.execute("CALL google_ml.create_sm_secret('custom-key', 'env:PGMP_TEST_CUSTOM_KEY')")
-        c.execute("CALL google_ml.create_sm_secret('openai-key', 'env:PGMP_TEST_OPENAI_KEY')")
-        # The guide's custom embedding model (no auth: the endpoint is on a private network)
-        custom_model(c, "custom-embedding-model", plain.embeddings_url, **seed)
-        # With a secret and the guide's header function: both reach the endpoint
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'cymbal-versioned', "
-            f"model_request_url => '{keyed.embeddings_url}', model_provider => 'custom', "
-            "model_type => 'text_embedding', model_auth_type => 'secret_manager', "
-            "model_auth_id => 'custom-key', generate_headers_fn => 'header_gen_fn', "
-            "model_in_transform_fn => 'cymbal_text_input_transform', "
-            "model_out_transform_fn => 'cymbal_text_output_transform')"
-        )
-        custom_model(
-            c,
-            "cymbal-header-auth",
-            keyed.embeddings_url,
-            generate_headers_fn="keyed_headers",
-            **seed,
-        )
-        custom_model(
-            c,
-            "cymbal-wrong-key",
-            keyed.embeddings_url,
-            generate_headers_fn="wrong_key_headers",
-            **seed,
-        )
-        # OpenAI with the built-in transforms and a header function for the key
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'openai-headers', model_provider => 'open_ai', "
-            "model_qualified_name => 'text-embedding-3-small', model_type => 'text_embedding', "
-            "generate_headers_fn => 'openai_headers')"
-        )
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'openai-plain', model_provider => 'open_ai', "
-            "model_qualified_name => 'text-embedding-3-small', model_type => 'text_embedding', "
-            "model_auth_type => 'secret_manager', model_auth_id => 'openai-key')"
-        )
-        # A generic custom model with a predict_row header function
-        c.execute(
-            "CALL google_ml.create_model(model_id => 'generic-headers', "
-            f"model_request_url => '{plain.generate_url}', model_provider => 'custom', "
-            "model_type => 'generic', generate_headers_fn => 'kind_headers')"
-        )
-        # Models whose functions break their contracts
-        out = {"model_out_transform_fn": "cymbal_text_output_transform"}
-        into = {"model_in_transform_fn": "cymbal_text_input_transform"}
-        custom_model(
-            c, "err-raise-in", plain.embeddings_url, model_in_transform_fn="raising_in", **out
-        )
-        custom_model(
-            c, "err-raise-out", plain.embeddings_url, model_out_transform_fn="raising_out", **into
-        )
-        custom_model(c, "err-null-in", plain.embeddings_url, model_in_transform_fn="null_in", **out)
-        custom_model(c, "err-text-in", plain.embeddings_url, model_in_transform_fn="text_in", **out)
-        custom_model(
-            c, "err-null-out", plain.embeddings_url, model_out_transform_fn="null_out", **into
-        )
-        custom_model(
-            c, "err-empty-out", plain.embeddings_url, model_out_transform_fn="empty_out", **into
-        )
-        custom_model(
-            c, "err-type-out", plain.embeddings_url, model_out_transform_fn="double_out", **into
-        )
-        custom_model(
-            c, "err-hdr-array", plain.embeddings_url, generate_headers_fn="array_headers", **seed
-        )
-        custom_model(
-            c, "err-hdr-number", plain.embeddings_url, generate_headers_fn="number_headers", **seed
-        )
-        custom_model(
-            c, "err-hdr-null", plain.embeddings_url, generate_headers_fn="null_headers", **seed
-        )
-        custom_model(c, "err-no-transforms", plain.embeddings_url)
-        # Functions replaced after registration by ones of another return type (the
-        # registration checks cannot see this)
-        c.execute(
-            "DROP FUNCTION double_out(varchar, json); "
-            "CREATE FUNCTION double_out(model_id varchar(100), response_json json) RETURNS double precision[] "
-            "LANGUAGE sql AS $$ SELECT '{1,2}'::double precision[] $$; "
-            "DROP FUNCTION text_in(varchar, text); "
-            "CREATE FUNCTION text_in(model_id varchar(100), input_text text) RETURNS text "
-            "LANGUAGE sql AS $$ SELECT 'prompt: ' || input_text $$"
-        )
-    yield name
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with database.scratch("transforms") as name:
+        with psycopg.connect(database.direct_dsn(database=name), autocommit=True) as c:
+            c.execute("CREATE EXTENSION google_ml_integration")
+            c.execute(SEED_FUNCTIONS)
+            c.execute(OTHER_FUNCTIONS)
+            c.execute("CALL google_ml.create_sm_secret('custom-key', 'env:PGMP_TEST_CUSTOM_KEY')")
+            c.execute("CALL google_ml.create_sm_secret('openai-key', 'env:PGMP_TEST_OPENAI_KEY')")
+            # The guide's custom embedding model (no auth: the endpoint is on a private network)
+            custom_model(c, "custom-embedding-model", plain.embeddings_url, **seed)
+            # With a secret and the guide's header function: both reach the endpoint
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'cymbal-versioned', "
+                f"model_request_url => '{keyed.embeddings_url}', model_provider => 'custom', "
+                "model_type => 'text_embedding', model_auth_type => 'secret_manager', "
+                "model_auth_id => 'custom-key', generate_headers_fn => 'header_gen_fn', "
+                "model_in_transform_fn => 'cymbal_text_input_transform', "
+                "model_out_transform_fn => 'cymbal_text_output_transform')"
+            )
+            custom_model(
+                c,
+                "cymbal-header-auth",
+                keyed.embeddings_url,
+                generate_headers_fn="keyed_headers",
+                **seed,
+            )
+            custom_model(
+                c,
+                "cymbal-wrong-key",
+                keyed.embeddings_url,
+                generate_headers_fn="wrong_key_headers",
+                **seed,
+            )
+            # OpenAI with the built-in transforms and a header function for the key
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'openai-headers', model_provider => 'open_ai', "
+                "model_qualified_name => 'text-embedding-3-small', model_type => 'text_embedding', "
+                "generate_headers_fn => 'openai_headers')"
+            )
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'openai-plain', model_provider => 'open_ai', "
+                "model_qualified_name => 'text-embedding-3-small', model_type => 'text_embedding', "
+                "model_auth_type => 'secret_manager', model_auth_id => 'openai-key')"
+            )
+            # A generic custom model with a predict_row header function
+            c.execute(
+                "CALL google_ml.create_model(model_id => 'generic-headers', "
+                f"model_request_url => '{plain.generate_url}', model_provider => 'custom', "
+                "model_type => 'generic', generate_headers_fn => 'kind_headers')"
+            )
+            # Models whose functions break their contracts
+            out = {"model_out_transform_fn": "cymbal_text_output_transform"}
+            into = {"model_in_transform_fn": "cymbal_text_input_transform"}
+            custom_model(
+                c, "err-raise-in", plain.embeddings_url, model_in_transform_fn="raising_in", **out
+            )
+            custom_model(
+                c, "err-raise-out", plain.embeddings_url, model_out_transform_fn="raising_out", **into
+            )
+            custom_model(c, "err-null-in", plain.embeddings_url, model_in_transform_fn="null_in", **out)
+            custom_model(c, "err-text-in", plain.embeddings_url, model_in_transform_fn="text_in", **out)
+            custom_model(
+                c, "err-null-out", plain.embeddings_url, model_out_transform_fn="null_out", **into
+            )
+            custom_model(
+                c, "err-empty-out", plain.embeddings_url, model_out_transform_fn="empty_out", **into
+            )
+            custom_model(
+                c, "err-type-out", plain.embeddings_url, model_out_transform_fn="double_out", **into
+            )
+            custom_model(
+                c, "err-hdr-array", plain.embeddings_url, generate_headers_fn="array_headers", **seed
+            )
+            custom_model(
+                c, "err-hdr-number", plain.embeddings_url, generate_headers_fn="number_headers", **seed
+            )
+            custom_model(
+                c, "err-hdr-null", plain.embeddings_url, generate_headers_fn="null_headers", **seed
+            )
+            custom_model(c, "err-no-transforms", plain.embeddings_url)
+            # Functions replaced after registration by ones of another return type (the
+            # registration checks cannot see this)
+            c.execute(
+                "DROP FUNCTION double_out(varchar, json); "
+                "CREATE FUNCTION double_out(model_id varchar(100), response_json json) RETURNS double precision[] "
+                "LANGUAGE sql AS $$ SELECT '{1,2}'::double precision[] $$; "
+                "DROP FUNCTION text_in(varchar, text); "
+                "CREATE FUNCTION text_in(model_id varchar(100), input_text text) RETURNS text "
+                "LANGUAGE sql AS $$ SELECT 'prompt: ' || input_text $$"
+            )
+        yield name
 
 
 @pytest.fixture

@@ -50,8 +50,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.embedded import bundled_bin_dir
 from tests.fakes.anthropic import FakeAnthropic
@@ -62,7 +60,7 @@ from tests.fakes.huggingface import FakeHuggingFace
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.secret_manager import FakeSecretManager
 from tests.fakes.vertex import FakeVertex
-from tests.support import ProxyProcess
+from tests.support import ProxyProcess, service_account_key
 
 TOKEN = "ya29.seed-examples-token"  # Google access token (Vertex AI and Secret Manager)
 PROJECT = "pgmp-seed-project"
@@ -522,21 +520,7 @@ def fakes() -> Iterator[Fakes]:
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory: pytest.TempPathFactory, fakes: Fakes) -> Path:
     """A service-account key whose token endpoint is the fake OAuth server."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    info = {
-        "type": "service_account",
-        "project_id": PROJECT,
-        "private_key_id": "0123456789abcdef",
-        "private_key": key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-        "client_email": f"pgmp@{PROJECT}.iam.gserviceaccount.com",
-        "client_id": "100000000000000000002",
-        "token_uri": fakes.oauth.token_uri,
-    }
-    path = tmp_path_factory.mktemp("seed-gcp") / "key.json"
-    path.write_text(json.dumps(info))
-    return path
+    return service_account_key(tmp_path_factory.mktemp("seed-gcp"), project=PROJECT, token_uri=fakes.oauth.token_uri)
 
 
 @pytest.fixture(scope="module")
@@ -627,14 +611,10 @@ def quote(text: str) -> str:
 @pytest.fixture
 def section(database, seed_proxy: ProxyProcess, fakes: Fakes) -> Iterator[Section]:
     """A database of its own for one test (the documents' placeholders cannot collide)."""
-    name = f"seed_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    for fake in fakes.all():
-        fake.reset()
-    yield Section(seed_proxy, name, fakes)
-    with psycopg.connect(database.direct_dsn(), autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with database.scratch("seed") as name:
+        for fake in fakes.all():
+            fake.reset()
+        yield Section(seed_proxy, name, fakes)
 
 
 @pytest.fixture
