@@ -61,7 +61,7 @@ class CallSite:
 # Statements that evaluate their expressions when run. EXPLAIN is one too: the planner folds
 # an IMMUTABLE call with constant arguments. Definitions (CREATE FUNCTION/VIEW/TABLE/TRIGGER,
 # PREPARE) only store expressions: their calls run later, in other statements.
-_EXECUTING = (
+EXECUTING = (
     ast.SelectStmt,
     ast.InsertStmt,
     ast.UpdateStmt,
@@ -83,7 +83,7 @@ def find_calls(sql: str) -> list[CallSite]:
         return []
     finder = _CallFinder()
     for raw in statements:
-        if isinstance(raw.stmt, _EXECUTING):
+        if isinstance(raw.stmt, EXECUTING):
             finder(raw.stmt)
     return finder.calls
 
@@ -184,7 +184,7 @@ def collect_refusal(sql: str) -> str | None:
                 "COPY FROM STDIN into a table whose columns or triggers call models is not supported; "
                 "use INSERT (batched all the same)"
             )
-        if not isinstance(stmt, (*_EXECUTING, ast.DoStmt, ast.RefreshMatViewStmt, ast.VariableSetStmt)):
+        if not isinstance(stmt, (*EXECUTING, ast.DoStmt, ast.RefreshMatViewStmt, ast.VariableSetStmt)):
             return (
                 "a model call whose arguments depend on rows cannot share a query string with "
                 f"{type(stmt).__name__.removesuffix('Stmt').upper()} statements; send it on its own"

@@ -27,6 +27,8 @@ import pglast
 from pglast import ast
 from pglast.visitors import Visitor
 
+from .calls import EXECUTING
+
 # Every hiding object as (kind, schema, name): kind f (function), r (read), w (write).
 CATALOG_QUERY = r"""
 WITH RECURSIVE hiding(oid, kind, schema, name) AS (
@@ -142,19 +144,12 @@ class HidingCatalog:
             target = _write_target(stmt)
             if target is not None and _matches(self.writes, target):
                 return True
-            if isinstance(stmt, _READING):
+            if isinstance(stmt, EXECUTING):
                 finder(stmt)
                 if finder.found:
                     return True
         return False
 
-
-
-# Statements whose expressions and relations are evaluated when run (sql.calls._EXECUTING).
-_READING = (
-    ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt, ast.ExplainStmt,
-    ast.CreateTableAsStmt, ast.CopyStmt, ast.CallStmt, ast.DeclareCursorStmt,
-)  # fmt: skip
 
 
 def _matches(group: frozenset[tuple[str, str]], relation: ast.RangeVar | None) -> bool:
